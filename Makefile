@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each (re)builds .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/aisle demo-data $(DEMO_DIR) --n-train 600 --n-test 200
+	$(VENV)/bin/aisle check --config configs/demo.yaml --out $(DEMO_DIR)/check
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) runs

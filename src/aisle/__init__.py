@@ -1,0 +1,1 @@
+"""aisle: product classification from images and text."""

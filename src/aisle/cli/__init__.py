@@ -1,0 +1,109 @@
+"""The ``aisle`` command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from aisle.config import ConfigError, load_config
+from aisle.logging_setup import setup_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="aisle: sort products into categories from their images and text.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr.default=1e-4")]
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False) -> None:
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, err_console)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=True)
+
+
+@app.command()
+def check(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: Annotated[Optional[Path], typer.Option(help="Table to check instead of data.train_csv.")] = None,
+    image_dir: Annotated[Optional[Path], typer.Option(help="Image folder (default: images/ beside the table).")] = None,
+    rows: Annotated[int, typer.Option(help="Rows to sample for the table and contact sheet.")] = 16,
+    fast: Annotated[bool, typer.Option("--fast", help="Skip decoding every image.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the report, issues CSV and PNGs.")] = Path("check"),
+    workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 4,
+) -> None:
+    """Sanity-check a products table: columns, samples, class balance, missing and broken images."""
+    from aisle.cli._render import render_check
+    from aisle.evaluation.check import run_check
+
+    try:
+        overrides = list(set_ or [])
+        if image_dir is not None:
+            overrides.append(f"data.image_dir={image_dir}")
+        cfg = load_config(config, overrides)
+        if data is None and not (cfg.data.train_csv or cfg.data.class_folder):
+            _fail("nothing to check: pass --data TABLE or a --config with data.train_csv / data.class_folder")
+        with _progress() as bar:
+            task = bar.add_task("decoding images", total=None)
+            report = run_check(cfg.data, data, n_sample=rows, fast=fast, out_dir=out, workers=workers,
+                               progress=lambda k: bar.advance(task, k),
+                               on_total=lambda n: bar.update(task, total=n))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    render_check(report, console)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to write train.csv, test.csv, test_labels.csv, images/.")],
+    n_train: Annotated[int, typer.Option(help="Training products.")] = 600,
+    n_test: Annotated[int, typer.Option(help="Test products.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+) -> None:
+    """Write the built-in synthetic product catalogue (image and text each carry part of the class)."""
+    from aisle.data.demo import write_demo_catalogue
+
+    if n_train < 1 or n_test < 0:
+        _fail("--n-train must be >= 1 and --n-test >= 0")
+    summary = write_demo_catalogue(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    console.print(f"wrote {summary.n_train} train and {summary.n_test} test products, {len(summary.classes)} classes, "
+                  f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code (for tests and ``python -m aisle``)."""
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="aisle", standalone_mode=False)
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except SystemExit as e:  # click's usage errors in non-standalone mode
+        return int(e.code or 0)
+    except Exception as e:  # click.UsageError and friends
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0

@@ -1,0 +1,110 @@
+"""The torch Dataset: reads one product row and applies the pluggable transforms."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from aisle.data.images import open_image, placeholder_image
+from aisle.data.products import Products
+from aisle.data.transforms import ImageTransform, TextTransform
+
+__all__ = ["ProductDataset"]
+
+log = logging.getLogger(__name__)
+
+
+class ProductDataset(Dataset):
+    """One fixed dict per product.
+
+    Keys:
+        ``index`` (int): row position; ``id`` (str); ``label`` (int, -1 when unlabelled or unseen);
+        ``text`` (str); ``image`` (float tensor ``(K, 3, H, W)``; K = 1, or ``max_images`` for ``mean_pool``);
+        ``image_mask`` (bool tensor ``(K,)``: True where a real image was decoded); and whatever the
+        text transform returns (e.g. ``input_ids``, ``attention_mask``).
+
+    Missing or broken images become placeholders with ``image_mask`` False, and a WARNING names the id
+    and reason (once per id per worker); callers count ``image_mask`` to report totals.
+
+    Args:
+        products: the resolved products.
+        label_index: class index per row (``LabelMap.encode``); None: all -1.
+        image_transform: PIL image -> tensor (3, H, W); None: no images (text-only models).
+        text_transform: str -> dict of tensors; None: the raw text only.
+        multi_image: ``first``; ``random`` (training only, evaluation uses the first); ``mean_pool`` (up to
+            ``max_images``, for the model to pool).
+        train: training mode (random image choice).
+        max_images: images per product for ``mean_pool``.
+        placeholder_size: size of the placeholder image before the transform.
+        max_pixels: decompression-bomb limit.
+    """
+
+    def __init__(
+        self,
+        products: Products,
+        label_index: np.ndarray | None = None,
+        image_transform: ImageTransform | None = None,
+        text_transform: TextTransform | None = None,
+        multi_image: Literal["first", "random", "mean_pool"] = "first",
+        train: bool = False,
+        max_images: int = 4,
+        placeholder_size: int = 224,
+        max_pixels: int = 89_478_485,
+    ) -> None:
+        self.products = products
+        self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
+        if len(self.label_index) != len(products):
+            raise ValueError(f"label_index has {len(self.label_index)} entries for {len(products)} products")
+        self.image_transform = image_transform
+        self.text_transform = text_transform
+        self.multi_image = multi_image
+        self.train = train
+        self.k = max_images if multi_image == "mean_pool" else 1
+        self.placeholder_size = placeholder_size
+        self.max_pixels = max_pixels
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def _choose_paths(self, paths: tuple[str, ...]) -> list[str | None]:
+        if not paths:
+            return [None]
+        if self.multi_image == "mean_pool":
+            return list(paths[: self.k])
+        if self.multi_image == "random" and self.train:
+            return [paths[np.random.randint(len(paths))]]
+        return [paths[0]]
+
+    def _load(self, pid: str, path: str | None):
+        if path is None:
+            image, reason = None, "missing"
+        else:
+            image, reason = open_image(path, self.products.roots, self.max_pixels)
+        if image is None and pid not in self._warned:
+            self._warned.add(pid)
+            log.warning("product %s: image %s unusable (%s); using a placeholder", pid, path or "<none>", reason)
+        return image
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        pid = str(self.products.ids[i])
+        text = str(self.products.texts[i])
+        item: dict[str, object] = {"index": i, "id": pid, "label": int(self.label_index[i]), "text": text}
+        if self.image_transform is not None:
+            tensors, mask = [], []
+            for path in self._choose_paths(self.products.image_paths[i]):
+                image = self._load(pid, path)
+                mask.append(image is not None)
+                tensors.append(self.image_transform(image if image is not None else placeholder_image(self.placeholder_size)))
+            while len(tensors) < self.k:  # pad mean_pool slots
+                tensors.append(torch.zeros_like(tensors[0]))
+                mask.append(False)
+            item["image"] = torch.stack(tensors)  # (K, 3, H, W)
+            item["image_mask"] = torch.tensor(mask, dtype=torch.bool)  # (K,)
+        if self.text_transform is not None:
+            item.update(self.text_transform(text))
+        return item

@@ -1,0 +1,55 @@
+"""Fold assignment: stratified K-fold with a fixed seed, or the table's own ``fold`` column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from aisle.data.labels import apply_rare_class_policy
+
+__all__ = ["assign_folds"]
+
+
+def assign_folds(
+    labels: np.ndarray,
+    n_folds: int,
+    seed: int,
+    frame: pd.DataFrame | None = None,
+    fold_col: str = "fold",
+    source: str = "table",
+) -> np.ndarray:
+    """One fold number per row.
+
+    Args:
+        labels: class indices (or names), one per row; rows must all be labelled.
+        n_folds: the number of folds.
+        seed: shuffling seed: the same data and seed always give the same folds.
+        frame: the original table; if it has ``fold_col``, that column is used as given.
+        fold_col: the name of an existing fold column.
+        source: a name for messages.
+
+    Returns:
+        int64 array of fold numbers in ``[0, n_folds)`` (or the given column's values).
+
+    Raises:
+        ValueError: the fold column has non-integer values, or some class has fewer than ``n_folds``
+            members (the message names them; see ``aisle.data.apply_rare_class_policy``).
+    """
+    if frame is not None and fold_col in frame.columns:
+        col = pd.to_numeric(frame[fold_col], errors="coerce")
+        bad = col.isna() | (col % 1 != 0) | (col < 0)
+        if bad.any():
+            rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()[:10]
+            raise ValueError(f"{source}: column {fold_col!r} must hold non-negative integers; bad at CSV lines {rows}")
+        return col.astype("int64").to_numpy()
+    y = np.asarray(labels)
+    try:
+        apply_rare_class_policy(pd.Series(y), n_folds, "error")
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    folds = np.full(len(y), -1, dtype=np.int64)
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(y)), y)):
+        folds[val_idx] = k
+    return folds

@@ -1,0 +1,84 @@
+"""From a data config to labelled products with label indices and folds."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from aisle.config import DataConfig
+from aisle.data.folds import assign_folds
+from aisle.data.labels import LabelMap, apply_rare_class_policy
+from aisle.data.products import Products, load_products, read_class_folder
+
+__all__ = ["TrainingData", "load_source", "load_training_data"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Labelled products ready for K-fold training.
+
+    Attributes:
+        products: the rows kept (unlabelled rows and, with ``rare_classes=drop``, rare-class rows removed).
+        label_map: the class index, saved with the run.
+        y: class index per kept row.
+        folds: fold number per kept row.
+        dropped_ids: ids of rows left out, with the reason as value.
+    """
+
+    products: Products
+    label_map: LabelMap
+    y: np.ndarray
+    folds: np.ndarray
+    dropped_ids: dict[str, str]
+
+
+def load_source(cfg: DataConfig, require_label: bool = True) -> Products:
+    """The training products: ``data.train_csv`` or a ``data.class_folder`` tree.
+
+    Raises:
+        ValueError: neither or both sources are set.
+    """
+    if bool(cfg.train_csv) == bool(cfg.class_folder):
+        raise ValueError("set exactly one of data.train_csv (a products table) or data.class_folder (a class tree)")
+    if cfg.class_folder:
+        return read_class_folder(cfg.class_folder, cfg, cfg.class_descriptions)
+    return load_products(cfg.train_csv, cfg, require_label=require_label)
+
+
+def load_training_data(cfg: DataConfig) -> TrainingData:
+    """Load the training source, build the label map, apply the rare-class policy and assign folds.
+
+    Raises:
+        ValueError: no labelled rows, or rare classes under ``rare_classes=error`` (message names them).
+    """
+    products = load_source(cfg)
+    labels = pd.Series(products.labels, dtype=object)
+    dropped: dict[str, str] = {}
+    unlabelled = labels.isna().to_numpy()
+    if unlabelled.any():
+        ids = products.ids[unlabelled]
+        log.warning("%s: %d row(s) have no label and are left out of training (first ids: %s)",
+                    products.source, len(ids), ", ".join(map(str, ids[:10])))
+        dropped.update({str(i): "no_label" for i in ids})
+    labels, rare = apply_rare_class_policy(labels.where(~unlabelled, None), cfg.folds, cfg.rare_classes,
+                                           cfg.rare_class_name)
+    if rare:
+        log.warning("%s: %d rare class(es) %s with rare_classes=%s: %s", products.source, len(rare),
+                    "dropped" if cfg.rare_classes == "drop" else "merged", cfg.rare_classes, rare[:20])
+        if cfg.rare_classes == "drop":
+            newly = labels.isna().to_numpy() & ~unlabelled
+            dropped.update({str(i): "rare_class" for i in products.ids[newly]})
+    keep = np.flatnonzero(labels.notna().to_numpy())
+    if len(keep) == 0:
+        raise ValueError(f"{products.source}: no labelled rows to train on")
+    kept = products.subset(keep)
+    kept.labels = labels.to_numpy(dtype=object)[keep]
+    label_map = LabelMap.fit(kept.labels)
+    y, _ = label_map.encode(kept.labels)
+    folds = assign_folds(y, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
+    return TrainingData(kept, label_map, y, folds, dropped)

@@ -1,0 +1,198 @@
+"""A products table resolved into arrays: ids, texts, labels, image paths (and folds, later)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aisle.config import DataConfig
+from aisle.data.images import IMAGE_EXTENSIONS, OUTSIDE_ROOT, ImageIssue, is_inside, build_image_index, paths_from_column
+from aisle.data.schema import ProductSchema, build_texts, infer_schema, read_table
+
+__all__ = ["Products", "find_image_dir", "load_products", "products_from_frame", "read_class_folder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Products:
+    """Products as parallel numpy arrays (cheap to share with forked DataLoader workers).
+
+    Attributes:
+        ids: product ids as strings, in input order (duplicates kept).
+        texts: joined text per product ("" when none).
+        labels: raw label values as strings, None where unlabelled; None when the table has no label column.
+        image_paths: per product a tuple of image paths (possibly empty).
+        schema: the resolved columns.
+        source: where the table came from (for messages).
+        roots: folders images may be read from; anything resolving outside them is refused.
+        refused: image paths refused while resolving (outside the data root).
+        class_texts: optional class descriptions (folder-per-class layout).
+        frame: the original table.
+    """
+
+    ids: np.ndarray
+    texts: np.ndarray
+    labels: np.ndarray | None
+    image_paths: np.ndarray
+    schema: ProductSchema
+    source: str
+    roots: tuple[Path, ...]
+    refused: list[ImageIssue] = field(default_factory=list)
+    class_texts: dict[str, str] = field(default_factory=dict)
+    frame: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def duplicate_ids(self) -> list[str]:
+        s = pd.Series(self.ids)
+        return sorted(set(s[s.duplicated()]))
+
+    def subset(self, index: np.ndarray) -> Products:
+        """Rows ``index`` (positions) as a new ``Products``."""
+        return Products(
+            ids=self.ids[index],
+            texts=self.texts[index],
+            labels=None if self.labels is None else self.labels[index],
+            image_paths=self.image_paths[index],
+            schema=self.schema,
+            source=self.source,
+            roots=self.roots,
+            refused=[r for r in self.refused if r.id in set(self.ids[index])],
+            class_texts=self.class_texts,
+            frame=None if self.frame is None else self.frame.iloc[index].reset_index(drop=True),
+        )
+
+
+def find_image_dir(table_path: Path) -> Path | None:
+    """The conventional image folder beside a table: ``images/`` or ``<stem>_images/``."""
+    for name in ("images", f"{table_path.stem}_images"):
+        cand = table_path.parent / name
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def products_from_frame(
+    df: pd.DataFrame,
+    cfg: DataConfig,
+    base_dir: str | Path,
+    image_dir: str | Path | None = None,
+    source: str = "table",
+    require_label: bool = False,
+) -> Products:
+    """Resolve a products DataFrame.
+
+    Args:
+        df: the table.
+        cfg: data settings (columns, text joining, image column separator).
+        base_dir: relative paths in the image column start here (the table's folder); it is a data root.
+        image_dir: folder with ``<id>.<ext>`` / ``<id>_*.<ext>`` images (used when there is no image column).
+        source: a name for messages.
+        require_label: raise if there is no label column.
+
+    Raises:
+        ValueError: missing/empty ids or columns (the message names the rows or columns).
+    """
+    schema = infer_schema(df, cfg, source, require_label=require_label)
+    raw_ids = df[schema.id_col]
+    empty = raw_ids.isna() | (raw_ids.astype(str).str.strip() == "")
+    if empty.any():
+        rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]  # +2: header line and 1-based lines
+        raise ValueError(f"{source}: {int(empty.sum())} row(s) have an empty id (CSV lines {rows}); fill or drop them")
+    ids = raw_ids.astype(str).str.strip().to_numpy(dtype=object)
+    texts = build_texts(df, schema, cfg.text_sep)
+
+    labels = None
+    if schema.label_col is not None:
+        lab = df[schema.label_col]
+        labels = lab.where(lab.notna(), None).map(lambda v: None if v is None else str(v).strip() or None)
+        labels = labels.to_numpy(dtype=object)
+
+    base = Path(base_dir).resolve()
+    roots: list[Path] = [base]
+    refused: list[ImageIssue] = []
+    if schema.image_col is not None:
+        per_row = []
+        for pid, cell in zip(ids, df[schema.image_col].to_numpy(dtype=object)):
+            kept = []
+            for p in paths_from_column(cell, base, cfg.image_sep):
+                if is_inside(Path(p), roots):
+                    kept.append(p)
+                else:
+                    refused.append(ImageIssue(pid, p, OUTSIDE_ROOT))
+            per_row.append(tuple(kept))
+    else:
+        if image_dir is not None:
+            idir = Path(image_dir).resolve()
+            roots.append(idir)
+            index = build_image_index(idir, ids)
+        else:
+            index = {}
+        per_row = [tuple(index.get(pid, ())) for pid in ids]
+    if refused:
+        log.warning("%s: refused %d image path(s) outside the data root %s (first: %s)",
+                    source, len(refused), [str(r) for r in roots], refused[0].path)
+    image_paths = np.empty(len(ids), dtype=object)
+    image_paths[:] = per_row
+    return Products(ids, texts, labels, image_paths, schema, source, tuple(roots), refused, frame=df)
+
+
+def load_products(path: str | Path, cfg: DataConfig, require_label: bool = False) -> Products:
+    """Read a products CSV/parquet and resolve it (image folder: ``data.image_dir`` or the one beside it)."""
+    p = Path(path)
+    df = read_table(p)
+    image_dir: Path | None = Path(cfg.image_dir) if cfg.image_dir else find_image_dir(p)
+    if cfg.image_dir and not image_dir.is_dir():
+        raise FileNotFoundError(f"data.image_dir {image_dir} does not exist")
+    return products_from_frame(df, cfg, p.parent, image_dir, source=str(p), require_label=require_label)
+
+
+def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Path | None = None) -> Products:
+    """Read a folder-per-class tree ``root/<class>/*.jpg`` as labelled products.
+
+    The id of an image is ``<class>/<file stem>``; a ``<stem>.txt`` beside an image becomes its text.
+    ``descriptions`` is an optional JSON file ``{class: description}`` kept as ``class_texts``.
+
+    Raises:
+        FileNotFoundError: the root or the descriptions file does not exist.
+        ValueError: no class folders with images, or the descriptions JSON is malformed.
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise FileNotFoundError(f"class folder root {r} does not exist")
+    rows = []
+    for class_dir in sorted(d for d in r.iterdir() if d.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                side = f.with_suffix(".txt")
+                text = side.read_text(errors="replace").strip() if side.is_file() else ""
+                rows.append({"id": f"{class_dir.name}/{f.stem}", "label": class_dir.name, "text": text,
+                             "image": str(f.relative_to(r))})
+    if not rows:
+        raise ValueError(f"class folder root {r} has no <class>/<image> files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    df = pd.DataFrame(rows)
+    folder_cfg = cfg.model_copy(update={"id_col": "id", "label_col": "label", "text_cols": ["text"],
+                                        "image_col": "image", "text_prefixes": {}})
+    products = products_from_frame(df, folder_cfg, r, source=str(r), require_label=True)
+    if descriptions is not None:
+        dp = Path(descriptions)
+        if not dp.is_file():
+            raise FileNotFoundError(f"class descriptions file {dp} does not exist")
+        try:
+            texts = json.loads(dp.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"class descriptions {dp} is not valid JSON: {e}") from e
+        if not isinstance(texts, dict) or not all(isinstance(v, str) for v in texts.values()):
+            raise ValueError(f"class descriptions {dp} must be a JSON object {{class name: description}}")
+        unknown = sorted(set(texts) - set(df["label"]))
+        if unknown:
+            log.warning("class descriptions %s name classes with no folder: %s", dp, unknown[:10])
+        products.class_texts = {str(k): v for k, v in texts.items()}
+    return products

@@ -1,0 +1,55 @@
+"""Pure factories for image and text transforms; datasets only apply them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+__all__ = ["ImageTransform", "TextTransform", "build_image_transform", "build_whitespace_text_transform"]
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+TextTransform = Callable[[str], dict[str, torch.Tensor]]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_image_transform(
+    image_size: int,
+    train: bool,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    hflip: float = 0.5,
+    crop_scale: tuple[float, float] = (0.7, 1.0),
+) -> ImageTransform:
+    """PIL RGB image -> normalised float tensor (3, image_size, image_size).
+
+    Training: random resized crop and horizontal flip. Evaluation: resize the short side, centre crop.
+    """
+    ops: list[Callable] = [v2.ToImage()]
+    if train:
+        ops += [v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip(hflip)]
+    else:
+        ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+def build_whitespace_text_transform(vocab: dict[str, int], max_length: int) -> TextTransform:
+    """A tiny stand-in tokenizer (lower-cased whitespace words, 0 = pad, 1 = unknown) for tests and checks.
+
+    Real text towers bring their own tokenizer; this keeps the dataset contract testable without one.
+    """
+
+    def encode(text: str) -> dict[str, torch.Tensor]:
+        tokens = [vocab.get(w, 1) for w in text.lower().split()][:max_length]
+        ids = torch.zeros(max_length, dtype=torch.long)
+        mask = torch.zeros(max_length, dtype=torch.long)
+        ids[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[: len(tokens)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return encode
