@@ -198,6 +198,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
             valid = _fields_at(parent)
             lines.append(f"  - unknown key '{key}'; valid keys here: {', '.join(valid)}")
             continue
+        if e["type"] == "value_error":
+            lines.append(f"  - key '{key}': {e['msg'].removeprefix('Value error, ')}")
+            continue
         value = e.get("input")
         choices = _literal_choices(AisleConfig, loc)
         msg = f"  - key '{key}': got {value!r}: {e['msg']}"
