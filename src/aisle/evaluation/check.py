@@ -100,7 +100,7 @@ def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: 
     n = max(1, len(rows))
     cols = min(8, n)
     nrows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.9, nrows * 2.2), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.9, nrows * 2.5), squeeze=False)
     paths = dict(zip(map(str, products.ids), products.image_paths))
     for ax in axes.flat:
         ax.axis("off")
