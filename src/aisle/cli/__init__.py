@@ -73,6 +73,30 @@ def check(
     render_check(report, console)
 
 
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: output_dir/name).")] = None,
+    fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Train only this fold (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+) -> None:
+    """Train with K-fold cross-validation (every stage, chosen folds) and write the run folder."""
+    from aisle.cli._render import render_cv
+    from aisle.training import run_cv
+
+    try:
+        if resume is not None:
+            summary = run_cv(load_config(), run_dir=resume, resume=True, folds=fold)
+        else:
+            cfg = load_config(config, list(set_ or []))
+            summary = run_cv(cfg, run_dir=run_dir, overwrite=overwrite, folds=fold)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+        _fail(str(e))
+    render_cv(summary, console)
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write train.csv, test.csv, test_labels.csv, images/.")],

@@ -64,3 +64,21 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
             console.print(f"… {len(report.image_issues) - max_issue_rows} more in the issues CSV")
     for name, path in report.files.items():
         console.print(f"wrote {name}: {path}")
+
+
+def render_cv(summary: dict, console: Console) -> None:
+    t = Table(title=f"CV summary: {summary['run_dir']} ({summary['model_type']}"
+                    f"{', ' + summary['fusion'] if summary['model_type'] in ('fusion', 'dual') else ''})")
+    t.add_column("stage")
+    t.add_column("fold")
+    for key in ("acc", "top3", "macro_f1", "best_epoch", "seconds"):
+        t.add_column(key, justify="right")
+    for stage, s in summary["stages"].items():
+        for fold, m in s["folds"].items():
+            t.add_row(stage, fold, *(f"{m[k]:.4f}" for k in ("acc", "top3", "macro_f1")), str(m["best_epoch"]),
+                      f"{m['seconds']:.1f}")
+        t.add_row(stage, "mean ± std", *(f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in ("acc", "top3", "macro_f1")),
+                  "", f"{s['train_seconds']:.1f}", style="bold")
+    console.print(t)
+    p = summary["params"]
+    console.print(f"parameters: {p['total']:,} ({p['trainable']:,} trainable at start)")

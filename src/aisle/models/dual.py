@@ -1,0 +1,204 @@
+"""Dual encoders: one pretrained image+text model (OpenCLIP, HF CLIP, SigLIP) split into two towers.
+
+Each dual encoder is built into an image tower and a text tower that own disjoint parameters, so the
+classifier, the per-module learning rates and freezing treat them like any other pair of towers.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, CLIPConfig, SiglipConfig
+
+from aisle.models.base import ImagePreprocess, Tower, masked_mean
+from aisle.models.registry import Registry
+from aisle.models.tokenizer import train_wordpiece_tokenizer
+
+__all__ = ["DUAL_ENCODERS", "TINY_PRESET"]
+
+DUAL_ENCODERS: Registry = Registry("dual encoder")
+TINY_PRESET = "tiny"  # reserved model name: a tiny random config built offline (tests, demo)
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """transformers 5 returns ModelOutputs where 4.x returned tensors."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class _ImageView(Tower):
+    modality = "image"
+
+    def __init__(self, encoder: nn.Module, projection: nn.Module | None, output_dim: int,
+                 preprocess: ImagePreprocess, call: str = "hf") -> None:
+        super().__init__()
+        self.encoder, self.projection, self.output_dim, self.preprocess, self.call = (
+            encoder, projection, output_dim, preprocess, call)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = batch["image"]  # (B, K, 3, H, W)
+        b, k = images.shape[:2]
+        flat = images.flatten(0, 1)
+        feats = self.encoder(flat) if self.call == "open_clip" else _pooled(self.encoder(pixel_values=flat))
+        if self.projection is not None:
+            feats = self.projection(feats)
+        return masked_mean(feats.view(b, k, -1), batch["image_mask"])  # (B, D)
+
+
+class _HFTextView(Tower):
+    modality = "text"
+
+    def __init__(self, encoder: nn.Module, projection: nn.Module | None, output_dim: int, tokenizer: Any,
+                 max_length: int, pad_to_max: bool) -> None:
+        super().__init__()
+        self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
+        self.tokenizer, self.max_length, self.pad_to_max = tokenizer, max_length, pad_to_max
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # SigLIP was trained on max-length padding; CLIP on the longest in the batch.
+        enc = self.tokenizer(list(texts), padding="max_length" if self.pad_to_max else True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        mask = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
+        return {"input_ids": enc["input_ids"], "attention_mask": mask}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        kwargs = {"input_ids": batch["input_ids"]}
+        if not self.pad_to_max:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        feats = _pooled(self.encoder(**kwargs))
+        return self.projection(feats) if self.projection is not None else feats
+
+
+class DualEncoder(nn.Module):
+    """Holds the two towers and how to rebuild them."""
+
+    def __init__(self, image: Tower, text: Tower, settings: dict[str, Any], assets: Any = None) -> None:
+        super().__init__()
+        self.image, self.text, self.settings, self._assets = image, text, settings, assets
+
+    def save_assets(self, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._assets is not None:
+            self._assets(folder)
+        return dict(self.settings)
+
+
+def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Sequence[str],
+             assets_dir: str | Path | None, image_size: int | None) -> DualEncoder:
+    pad_to_max = kind == "siglip"
+    if assets_dir is not None:
+        config = AutoConfig.from_pretrained(assets_dir)
+        model, tokenizer = AutoModel.from_config(config), AutoTokenizer.from_pretrained(assets_dir)
+        meta = json.loads((Path(assets_dir) / "aisle_image_preprocess.json").read_text())
+        preprocess = ImagePreprocess(meta["size"], tuple(meta["mean"]), tuple(meta["std"]), meta["interpolation"])
+    elif name == TINY_PRESET:
+        tokenizer = train_wordpiece_tokenizer(list(texts) or ["empty"], vocab_size=1000)
+        tcfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    vocab_size=len(tokenizer), max_position_embeddings=max(64, max_length),
+                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                    eos_token_id=tokenizer.sep_token_id)
+        vcfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    image_size=image_size or 32, patch_size=8)
+        config = (CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24) if kind == "clip"
+                  else SiglipConfig(text_config=tcfg, vision_config=vcfg))
+        model = AutoModel.from_config(config)
+        preprocess = ImagePreprocess(image_size or 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    else:
+        model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
+        processor = AutoProcessor.from_pretrained(name)
+        tokenizer = processor.tokenizer
+        ip = processor.image_processor
+        size = ip.size.get("shortest_edge") or ip.size.get("height")
+        preprocess = ImagePreprocess(image_size or int(size), tuple(ip.image_mean), tuple(ip.image_std), "bicubic")
+    cfg = model.config
+    vision_proj = getattr(model, "visual_projection", None)
+    text_proj = getattr(model, "text_projection", None)
+    proj_dim = getattr(cfg, "projection_dim", None)
+    image = _ImageView(model.vision_model, vision_proj, int(proj_dim if vision_proj is not None
+                                                            else cfg.vision_config.hidden_size), preprocess)
+    text = _HFTextView(model.text_model, text_proj, int(proj_dim if text_proj is not None
+                                                        else cfg.text_config.hidden_size), tokenizer,
+                       max_length, pad_to_max)
+
+    def assets(folder: Path) -> None:
+        cfg.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "aisle_image_preprocess.json").write_text(json.dumps(preprocess.to_dict()))
+
+    return DualEncoder(image, text, {"max_length": max_length}, assets)
+
+
+@DUAL_ENCODERS.register("hf-clip")
+def hf_clip(name: str, pretrained: bool = True, max_length: int = 77, texts: Sequence[str] = (),
+            assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+    """``hf-clip:openai/clip-vit-base-patch32`` (or ``hf-clip:tiny``): Hugging Face CLIP."""
+    return _hf_dual("clip", name, pretrained, min(max_length, 77), texts, assets_dir, image_size)
+
+
+@DUAL_ENCODERS.register("hf-siglip")
+def hf_siglip(name: str, pretrained: bool = True, max_length: int = 64, texts: Sequence[str] = (),
+              assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+    """``hf-siglip:google/siglip-so400m-patch14-384`` (or ``hf-siglip:tiny``): SigLIP / SigLIP2."""
+    return _hf_dual("siglip", name, pretrained, max_length, texts, assets_dir, image_size)
+
+
+class _OpenClipTextView(Tower):
+    modality = "text"
+
+    def __init__(self, clip: nn.Module, tokenizer: Any, output_dim: int) -> None:
+        super().__init__()
+        self.clip, self.tokenizer, self.output_dim = clip, tokenizer, output_dim
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer(list(texts))  # (B, context_length)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.clip.encode_text(batch["input_ids"])
+
+
+_TINY_OPEN_CLIP = {"embed_dim": 24,
+                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
+                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+
+
+@DUAL_ENCODERS.register("open_clip")
+def open_clip_dual(name: str, pretrained: bool = True, max_length: int = 77, texts: Sequence[str] = (),
+                   assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+    """``open_clip:ViT-L-14/openai`` (architecture/pretrained tag), ``open_clip:tiny`` for tests."""
+    import open_clip
+
+    arch, _, tag = name.partition("/")
+    if arch == TINY_PRESET:
+        arch = "aisle-tiny-clip"
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / f"{arch}.json").write_text(json.dumps(_TINY_OPEN_CLIP))
+            open_clip.add_model_config(tmp)
+        tag = ""
+    if assets_dir is not None:
+        meta = json.loads((Path(assets_dir) / "open_clip.json").read_text())
+        if meta["arch"] == "aisle-tiny-clip":
+            return open_clip_dual(TINY_PRESET, False, max_length)
+        arch, tag = meta["arch"], ""
+    model = open_clip.create_model(arch, pretrained=(tag or None) if pretrained else None)
+    tokenizer = open_clip.get_tokenizer(arch)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    preprocess = ImagePreprocess(image_size or int(pp["size"][0] if isinstance(pp["size"], tuple | list)
+                                                   else pp["size"]), tuple(pp["mean"]), tuple(pp["std"]),
+                                 str(pp.get("interpolation", "bicubic")))
+    embed_dim = int(model.text_projection.shape[1] if isinstance(model.text_projection, torch.Tensor)
+                    else model.text_projection.out_features)
+    visual = model.visual
+    del model.visual  # the text view owns everything but the visual tower: disjoint parameters
+    image = _ImageView(visual, None, embed_dim, preprocess, call="open_clip")
+    text = _OpenClipTextView(model, tokenizer, embed_dim)
+
+    def assets(folder: Path) -> None:
+        (folder / "open_clip.json").write_text(json.dumps({"arch": arch, "tag": tag}))
+
+    return DualEncoder(image, text, {"max_length": max_length}, assets)

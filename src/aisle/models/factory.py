@@ -1,0 +1,108 @@
+"""Build a classifier from the model config (fresh) or from a run's saved assets (rebuild, no download)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from aisle.config import ModelConfig, TowerConfig
+from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
+from aisle.models.classifier import ProductClassifier
+from aisle.models.dual import DUAL_ENCODERS
+from aisle.models.image_towers import IMAGE_TOWERS
+from aisle.models.text_towers import TEXT_TOWERS
+
+__all__ = ["create_classifier", "image_preprocess", "save_model_assets", "set_trainable"]
+
+
+def _need(tc: TowerConfig, what: str) -> str:
+    if not tc.name:
+        raise ValueError(f"model.{what}.name is not set (e.g. {dict(image='timm:resnet18', text='hf:bert-base-uncased', dual='open_clip:ViT-B-32/openai')[what]})")
+    return tc.name
+
+
+def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Path | None = None
+                  ) -> tuple[Tower | None, Tower | None]:
+    """The image and text towers the model type asks for.
+
+    Args:
+        mcfg: model settings.
+        texts: training texts (tokenizers trained on the fly by ``tiny:`` presets).
+        assets: a run's ``assets/`` folder: rebuild architectures and tokenizers from it (weights come later).
+    """
+    a = Path(assets) if assets is not None else None
+    settings: dict[str, Any] = json.loads((a / "towers.json").read_text()) if a is not None else {}
+    image = text = None
+    if mcfg.type == "dual":
+        prefix, name = parse_tower_name(_need(mcfg.dual, "dual"), DUAL_ENCODERS.list())
+        dual = DUAL_ENCODERS.create(prefix, name, pretrained=mcfg.dual.pretrained, max_length=mcfg.dual.max_length,
+                                    texts=texts, assets_dir=None if a is None else a / "dual",
+                                    image_size=mcfg.image_size)
+        dual.image.dual_saver = dual.save_assets  # a plain attribute (not a submodule): saves both views' assets
+        return dual.image, dual.text
+    if mcfg.type in ("image", "fusion"):
+        prefix, name = parse_tower_name(_need(mcfg.image, "image"), IMAGE_TOWERS.list())
+        extra = settings.get("image", {})
+        image = IMAGE_TOWERS.create(prefix, name, pretrained=mcfg.image.pretrained and a is None,
+                                    image_size=mcfg.image_size, architecture=extra.get("architecture"),
+                                    pretrained_cfg=extra.get("pretrained_cfg"))
+    if mcfg.type in ("text", "fusion"):
+        prefix, name = parse_tower_name(_need(mcfg.text, "text"), TEXT_TOWERS.list())
+        kwargs: dict[str, Any] = {"pooler": mcfg.text.pooler, "max_length": mcfg.text.max_length}
+        if a is not None:
+            kwargs["assets_dir"] = a / "text"
+        if prefix == "tiny" and a is None:
+            kwargs["texts"] = texts
+        text = TEXT_TOWERS.create(prefix, name, pretrained=mcfg.text.pretrained, **kwargs)
+    return image, text
+
+
+def create_classifier(mcfg: ModelConfig, num_classes: int, texts: Sequence[str] = (),
+                      assets: str | Path | None = None) -> ProductClassifier:
+    """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`)."""
+    image, text = create_towers(mcfg, texts, assets)
+    return ProductClassifier(image, text, num_classes, fusion=mcfg.fusion, fusion_dim=mcfg.fusion_dim,
+                             head_hidden=mcfg.head_hidden, dropout=mcfg.dropout,
+                             modality_dropout=mcfg.modality_dropout,
+                             missing_image_embedding=mcfg.missing_image_embedding)
+
+
+def save_model_assets(model: ProductClassifier, mcfg: ModelConfig, folder: str | Path) -> Path:
+    """Write configs and tokenizers so :func:`create_classifier` can rebuild the model with ``assets=folder``."""
+    f = Path(folder)
+    f.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {}
+    if mcfg.type == "dual":
+        settings["dual"] = model.image_encoder.dual_saver(f / "dual")
+    else:
+        if model.image_encoder is not None:
+            settings["image"] = model.image_encoder.save_assets(f / "image")
+        if model.text_encoder is not None:
+            settings["text"] = model.text_encoder.save_assets(f / "text")
+    (f / "towers.json").write_text(json.dumps(settings, indent=2))
+    pre = image_preprocess(model)
+    (f / "image_preprocess.json").write_text(json.dumps(pre.to_dict() if pre else None))
+    return f
+
+
+def image_preprocess(model: ProductClassifier) -> ImagePreprocess | None:
+    return getattr(model.image_encoder, "preprocess", None) if model.image_encoder is not None else None
+
+
+def set_trainable(tower: nn.Module | None, trainable: bool, last_n_blocks: int | None = None) -> None:
+    """Freeze a tower, or train all of it, or only its last ``last_n_blocks`` blocks."""
+    if tower is None:
+        return
+    for p in tower.parameters():
+        p.requires_grad = trainable and last_n_blocks is None
+    if trainable and last_n_blocks is not None:
+        blocks = tower.blocks() if isinstance(tower, Tower) else []
+        if not blocks:
+            raise ValueError(f"{type(tower).__name__} does not expose blocks; use trainable true/false")
+        for block in blocks[len(blocks) - last_n_blocks:] if last_n_blocks else []:
+            for p in block.parameters():
+                p.requires_grad = True

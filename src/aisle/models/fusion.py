@@ -1,0 +1,79 @@
+"""Fusion heads: image + text features -> logits. Every fusion returns ``(logits, aux_logits)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aisle.models.registry import Registry
+
+__all__ = ["FUSIONS", "mlp_head"]
+
+FUSIONS: Registry = Registry("fusion")
+
+
+def mlp_head(in_dim: int, num_classes: int, hidden: int, dropout: float) -> nn.Module:
+    """LayerNorm -> (Linear -> GELU -> Dropout) -> Linear; ``hidden=0`` gives a linear head."""
+    if hidden <= 0:
+        return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+
+
+class _Fusion(nn.Module):
+    def __init__(self, dims: list[int], num_classes: int, fusion_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+
+
+@FUSIONS.register("concat")
+class ConcatFusion(_Fusion):
+    """Concatenate the towers' features, then the MLP head."""
+
+    def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
+        super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        self.head = mlp_head(sum(dims), num_classes, hidden, dropout)
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.head(torch.cat(feats, dim=-1)), []
+
+
+@FUSIONS.register("sum")
+class SumFusion(_Fusion):
+    """Project each tower to ``fusion_dim`` and add."""
+
+    def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
+        super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        self.proj = nn.ModuleList(nn.Linear(d, fusion_dim) for d in dims)
+        self.head = mlp_head(fusion_dim, num_classes, hidden, dropout)
+
+    def forward(self, feats):
+        return self.head(torch.stack([p(f) for p, f in zip(self.proj, feats)]).sum(0)), []
+
+
+@FUSIONS.register("gated")
+class GatedFusion(_Fusion):
+    """Project to ``fusion_dim``; a learned per-sample softmax gate weighs the modalities."""
+
+    def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
+        super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        self.proj = nn.ModuleList(nn.Linear(d, fusion_dim) for d in dims)
+        self.gate = nn.Linear(fusion_dim * len(dims), len(dims))
+        self.head = mlp_head(fusion_dim, num_classes, hidden, dropout)
+
+    def forward(self, feats):
+        z = torch.stack([p(f) for p, f in zip(self.proj, feats)], dim=1)  # (B, M, F)
+        w = torch.softmax(self.gate(z.flatten(1)), dim=-1)  # (B, M)
+        return self.head((w.unsqueeze(-1) * z).sum(1)), []
+
+
+@FUSIONS.register("late")
+class LateFusion(_Fusion):
+    """One head per tower; logits averaged. Per-tower logits come back for an auxiliary loss."""
+
+    def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
+        super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        self.heads = nn.ModuleList(mlp_head(d, num_classes, hidden, dropout) for d in dims)
+
+    def forward(self, feats):
+        per = [h(f) for h, f in zip(self.heads, feats)]
+        return torch.stack(per).mean(0), per

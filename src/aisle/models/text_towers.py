@@ -1,0 +1,99 @@
+"""Text towers: any Hugging Face encoder (hub id or local folder) with a CLS or mean pooler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig
+
+from aisle.models.base import Tower, masked_mean
+from aisle.models.registry import Registry
+from aisle.models.tokenizer import train_wordpiece_tokenizer
+
+__all__ = ["TEXT_TOWERS", "HFTextTower", "tiny_bert_tower"]
+
+TEXT_TOWERS: Registry = Registry("text tower")
+
+
+@TEXT_TOWERS.register("hf")
+class HFTextTower(Tower):
+    """``transformers.AutoModel`` + a pooler over the last hidden states.
+
+    Args:
+        name: a hub id (``bert-base-multilingual-cased``) or a local folder (``../shared/models/all-MiniLM-L6-v2``).
+        pretrained: load the weights (else random init from the model's config).
+        pooler: ``cls`` (first token) or ``mean`` (attention-masked mean).
+        max_length: tokens kept per text.
+        config: build from this config instead of ``name`` (offline tests); needs ``tokenizer``.
+        tokenizer: a tokenizer to use instead of loading one by ``name``.
+        assets_dir: rebuild from a saved run's folder (config + tokenizer), weights loaded afterwards.
+    """
+
+    modality = "text"
+
+    def __init__(self, name: str, pretrained: bool = True, pooler: Literal["cls", "mean"] = "mean",
+                 max_length: int = 128, config: PretrainedConfig | None = None, tokenizer: Any = None,
+                 assets_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.name, self.pooler, self.max_length = name, pooler, max_length
+        if assets_dir is not None:
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(assets_dir))
+            self.tokenizer = AutoTokenizer.from_pretrained(assets_dir)
+        elif config is not None:
+            if tokenizer is None:
+                raise ValueError("HFTextTower(config=...) also needs tokenizer=...")
+            self.model = AutoModel.from_config(config)
+            self.tokenizer = tokenizer
+        else:
+            self.model = (AutoModel.from_pretrained(name) if pretrained
+                          else AutoModel.from_config(AutoConfig.from_pretrained(name)))
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # unused (we pool ourselves); would get no gradient
+        self.output_dim = int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state  # (B, T, D)
+        if self.pooler == "cls":
+            return hidden[:, 0]
+        return masked_mean(hidden, batch["attention_mask"].bool())  # (B, D)
+
+    def blocks(self) -> list[nn.Module]:
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+        return list(layers) if layers is not None else []
+
+    def save_assets(self, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        return {"pooler": self.pooler, "max_length": self.max_length}
+
+
+@TEXT_TOWERS.register("tiny")
+def tiny_bert_tower(name: str = "bert", pretrained: bool = False, pooler: Literal["cls", "mean"] = "mean",
+                    max_length: int = 32, texts: Sequence[str] = (), hidden_size: int = 32,
+                    assets_dir: str | Path | None = None) -> HFTextTower:
+    """``tiny:bert``: a 2-layer BERT (hidden 32, 4 heads, intermediate 37) with a tokenizer trained on ``texts``.
+
+    For tests and the demo; nothing is downloaded. ``pretrained`` is ignored (random weights).
+    """
+    if name != "bert":
+        raise ValueError(f"unknown tiny text preset {name!r}; valid choices: bert")
+    if assets_dir is not None:
+        return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, assets_dir=assets_dir)
+    tokenizer = train_wordpiece_tokenizer(list(texts) or ["empty"], vocab_size=2000)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=max(64, max_length),
+                        pad_token_id=tokenizer.pad_token_id)
+    return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, config=config, tokenizer=tokenizer)

@@ -1,0 +1,74 @@
+"""Per-epoch bookkeeping: best and last checkpoints (safetensors), a history CSV, resumable state."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from aisle.training.checkpoint import save_optimizer_state, save_weights, write_json
+
+__all__ = ["EpochCheckpoint", "HISTORY_FIELDS"]
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr", "seconds"]
+
+
+class EpochCheckpoint(L.Callback):
+    """After each validation: append a history row, save ``best`` when the monitored metric improves,
+    and always save ``last`` (model, optimizer, schedule, early-stopping and progress state) for resuming.
+
+    Args:
+        fold_dir: this fold's folder.
+        monitor: metric name (``val_macro_f1``, ``val_loss``, ...).
+        epoch_offset: epochs already done before this fit (resume).
+        best_score: the best monitored value so far (resume).
+    """
+
+    def __init__(self, fold_dir: Path, monitor: str, epoch_offset: int = 0, best_score: float | None = None) -> None:
+        self.fold_dir, self.monitor = fold_dir, monitor
+        self.mode = "min" if monitor == "val_loss" else "max"
+        self.epoch_offset, self.best_score = epoch_offset, best_score
+        self._t0 = time.perf_counter()
+
+    def _better(self, value: float) -> bool:
+        if self.best_score is None:
+            return True
+        return value < self.best_score if self.mode == "min" else value > self.best_score
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # validation ran before this hook (check_val_every_n_epoch=1), so metrics hold both sides
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epoch = self.epoch_offset + trainer.current_epoch + 1
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        row = {"epoch": epoch, **{k: m.get(k, np.nan) for k in HISTORY_FIELDS[1:6]}, "lr": lr,
+               "seconds": round(time.perf_counter() - self._t0, 3)}
+        hist = self.fold_dir / "history.csv"
+        new = not hist.exists()
+        with open(hist, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        value = m.get(self.monitor)
+        if value is not None and self._better(value):
+            self.best_score = value
+            save_weights(pl_module.model, self.fold_dir / "best.safetensors")
+            write_json(self.fold_dir / "best.json", {"epoch": epoch, "monitor": self.monitor, "score": value,
+                                                     "metrics": {k: v for k, v in m.items()}})
+        save_weights(pl_module.model, self.fold_dir / "last.safetensors")
+        save_optimizer_state(trainer.optimizers[0], self.fold_dir / "last_optim.safetensors")
+        sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
+        es = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
+        write_json(self.fold_dir / "last.json", {
+            "epoch": epoch, "global_step": int(trainer.global_step), "best_score": self.best_score,
+            "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} if sched else None,
+            "early_stopping": {"wait_count": int(es.wait_count), "best_score": float(es.best_score)} if es else None,
+        })

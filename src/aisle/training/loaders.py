@@ -1,0 +1,68 @@
+"""DataLoaders: the dataset, the batch tokenizer (collate) and optional weighted sampling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler, default_collate
+
+from aisle.config import AisleConfig
+from aisle.data.dataset import ProductDataset
+from aisle.data.products import Products
+from aisle.data.transforms import build_image_transform
+from aisle.models.classifier import ProductClassifier
+from aisle.models.factory import image_preprocess
+
+__all__ = ["Collate", "build_loader"]
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + fast tokenizers
+
+
+class Collate:
+    """Stack tensors, keep strings as lists, tokenize the batch's texts once with the text tower's tokenizer."""
+
+    def __init__(self, tokenize: Callable[[Sequence[str]], dict[str, torch.Tensor]] | None = None) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[dict]) -> dict[str, object]:
+        batch = default_collate(items)
+        if self.tokenize is not None:
+            batch.update(self.tokenize(batch["text"]))
+        return batch
+
+
+def build_loader(products: Products, y: np.ndarray | None, model: ProductClassifier, cfg: AisleConfig,
+                 train: bool, sample_weights: np.ndarray | None = None, batch_size: int | None = None,
+                 image_size: int | None = None) -> DataLoader:
+    """A DataLoader whose transforms follow the model's own preprocessing.
+
+    Args:
+        products: the rows.
+        y: class indices (None: unlabelled).
+        model: supplies image preprocessing and the tokenizer.
+        cfg: data (multi-image) and train (batch size, workers) settings.
+        train: augment and shuffle (or sample by ``sample_weights``).
+        sample_weights: per-row weights for a WeightedRandomSampler (training only).
+        batch_size: overrides ``train.batch_size``.
+        image_size: overrides the preprocessing size (multi-scale inference).
+    """
+    pre = image_preprocess(model)
+    image_tf = None
+    if pre is not None:
+        image_tf = build_image_transform(image_size or pre.size, train, pre.mean, pre.std)
+    text = model.text_encoder
+    ds = ProductDataset(products, y, image_transform=image_tf, multi_image=cfg.data.multi_image, train=train,
+                        max_images=cfg.data.max_images, placeholder_size=image_size or (pre.size if pre else 224),
+                        max_pixels=cfg.data.max_image_pixels)
+    sampler = None
+    if train and sample_weights is not None:
+        sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(products),
+                                        replacement=True)
+    workers = cfg.train.num_workers
+    return DataLoader(ds, batch_size=batch_size or cfg.train.batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=workers, collate_fn=Collate(text.tokenize if text else None),
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      drop_last=False)

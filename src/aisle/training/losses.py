@@ -1,0 +1,55 @@
+"""Losses (a registry) and class weighting."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aisle.models.registry import Registry
+
+__all__ = ["LOSSES", "class_weights"]
+
+LOSSES: Registry = Registry("loss")
+
+
+def class_weights(y: np.ndarray, num_classes: int,
+                  scheme: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"], smoothing: float = 0.0
+                  ) -> np.ndarray | None:
+    """Per-class weights, normalised to mean 1 over the classes present.
+
+    ``inverse_freq``: 1/n_c; ``inverse_sqrt``: 1/sqrt(n_c); ``balanced``: N / (C * n_c) (scikit-learn's).
+    ``smoothing`` in [0, 1] blends towards uniform weights: (1 - s) * w + s.
+    """
+    if scheme == "none":
+        return None
+    counts = np.bincount(y[y >= 0], minlength=num_classes).astype(np.float64)
+    safe = np.maximum(counts, 1.0)
+    w = {"inverse_freq": 1.0 / safe, "inverse_sqrt": 1.0 / np.sqrt(safe),
+         "balanced": counts.sum() / (num_classes * safe)}[scheme]
+    w = w / w[counts > 0].mean()
+    return (1.0 - smoothing) * w + smoothing
+
+
+@LOSSES.register("ce")
+class CrossEntropyCriterion(nn.Module):
+    """Cross-entropy with label smoothing and class weights; plus ``aux_weight`` x the mean of per-tower losses."""
+
+    def __init__(self, weight: np.ndarray | None = None, label_smoothing: float = 0.0, aux_weight: float = 0.0):
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.label_smoothing, self.aux_weight = label_smoothing, aux_weight
+
+    def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.to(logits.dtype)
+        return F.cross_entropy(logits, y, weight=w, label_smoothing=self.label_smoothing)
+
+    def forward(self, out: dict[str, object], y: torch.Tensor) -> torch.Tensor:
+        loss = self._ce(out["logits"], y)
+        aux = out.get("aux_logits") or []
+        if self.aux_weight > 0 and aux:
+            loss = loss + self.aux_weight * torch.stack([self._ce(a, y) for a in aux]).mean()
+        return loss
