@@ -57,10 +57,9 @@ def check(
     from aisle.evaluation.check import run_check
 
     try:
-        overrides = list(set_ or [])
+        cfg = load_config(config, list(set_ or []))
         if image_dir is not None:
-            overrides.append(f"data.image_dir={image_dir}")
-        cfg = load_config(config, overrides)
+            cfg.data.image_dir = str(image_dir)  # a path, not a YAML value: set after parsing
         if data is None and not (cfg.data.train_csv or cfg.data.class_folder):
             _fail("nothing to check: pass --data TABLE or a --config with data.train_csv / data.class_folder")
         with _progress() as bar:
@@ -118,16 +117,7 @@ def demo_data(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (for tests and ``python -m aisle``)."""
     try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="aisle", standalone_mode=False)
-    except typer.Exit as e:
-        return int(e.exit_code or 0)
-    except SystemExit as e:  # click's usage errors in non-standalone mode
-        return int(e.code or 0)
-    except Exception as e:  # click.UsageError and friends
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="aisle", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

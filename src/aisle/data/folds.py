@@ -40,7 +40,7 @@ def assign_folds(
         col = pd.to_numeric(frame[fold_col], errors="coerce")
         bad = col.isna() | (col % 1 != 0) | (col < 0)
         if bad.any():
-            rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()[:10]
+            rows = [int(i) + 2 for i in frame.index[bad.to_numpy()][:10]]  # header + 1-based
             raise ValueError(f"{source}: column {fold_col!r} must hold non-negative integers; bad at CSV lines {rows}")
         return col.astype("int64").to_numpy()
     y = np.asarray(labels)

@@ -92,12 +92,13 @@ def build_image_index(image_dir: str | Path, ids: Iterable[str]) -> dict[str, li
             exact.setdefault(stem, []).append(entry.path)
             continue
         # <id>_<anything>: the id itself may contain underscores, so try every split point.
-        pos = stem.find("_")
+        # Try split points from the right so the longest matching id wins (ids "a" and "a_b": a_b_1.jpg is a_b's).
+        pos = stem.rfind("_")
         while pos > 0:
             if stem[:pos] in wanted:
                 extra.setdefault(stem[:pos], []).append(entry.path)
                 break
-            pos = stem.find("_", pos + 1)
+            pos = stem.rfind("_", 0, pos)
     index: dict[str, list[str]] = {}
     for key in exact.keys() | extra.keys():
         index[key] = sorted(exact.get(key, []), key=_natural_key) + sorted(extra.get(key, []), key=_natural_key)

@@ -38,7 +38,7 @@ class LabelMap:
         if s.empty:
             raise ValueError("no labels to build a label map from")
         if _is_int_like(s):
-            ints = sorted({int(float(v)) for v in s})
+            ints = sorted(set(pd.to_numeric(s).astype("int64").tolist()))  # no float round trip: big codes stay exact
             return cls(tuple(str(v) for v in ints), "int")
         return cls(tuple(sorted({str(v).strip() for v in s})), "str")
 
@@ -64,7 +64,7 @@ class LabelMap:
         index = {c: i for i, c in enumerate(self.classes)}
         norm = self._normalise(labels)
         idx = norm.map(lambda v: index.get(v, -1) if v is not None else -1).to_numpy(dtype=np.int64)
-        unseen = Counter(str(v) for v, i in zip(norm, idx) if i < 0 and v not in (None, ""))
+        unseen = Counter(str(v) for v, i in zip(norm, idx) if i < 0 and not pd.isna(v) and v != "")
         return idx, unseen
 
     def decode(self, indices: np.ndarray) -> list[Any]:

@@ -65,8 +65,10 @@ def load_training_data(cfg: DataConfig) -> TrainingData:
         log.warning("%s: %d row(s) have no label and are left out of training (first ids: %s)",
                     products.source, len(ids), ", ".join(map(str, ids[:10])))
         dropped.update({str(i): "no_label" for i in ids})
-    labels, rare = apply_rare_class_policy(labels.where(~unlabelled, None), cfg.folds, cfg.rare_classes,
-                                           cfg.rare_class_name)
+    own_folds = products.frame is not None and cfg.fold_col in products.frame.columns
+    labels, rare = labels.where(~unlabelled, None), []
+    if not own_folds:  # the table's own fold column needs no minimum class size
+        labels, rare = apply_rare_class_policy(labels, cfg.folds, cfg.rare_classes, cfg.rare_class_name)
     if rare:
         log.warning("%s: %d rare class(es) %s with rare_classes=%s: %s", products.source, len(rare),
                     "dropped" if cfg.rare_classes == "drop" else "merged", cfg.rare_classes, rare[:20])
@@ -80,5 +82,5 @@ def load_training_data(cfg: DataConfig) -> TrainingData:
     kept.labels = labels.to_numpy(dtype=object)[keep]
     label_map = LabelMap.fit(kept.labels)
     y, _ = label_map.encode(kept.labels)
-    folds = assign_folds(y, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
+    folds = assign_folds(kept.labels, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
     return TrainingData(kept, label_map, y, folds, dropped)

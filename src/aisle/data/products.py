@@ -66,7 +66,7 @@ class Products:
             roots=self.roots,
             refused=[r for r in self.refused if r.id in set(self.ids[index])],
             class_texts=self.class_texts,
-            frame=None if self.frame is None else self.frame.iloc[index].reset_index(drop=True),
+            frame=None if self.frame is None else self.frame.iloc[index],  # original index: CSV line numbers
         )
 
 
@@ -111,9 +111,8 @@ def products_from_frame(
 
     labels = None
     if schema.label_col is not None:
-        lab = df[schema.label_col]
-        labels = lab.where(lab.notna(), None).map(lambda v: None if v is None else str(v).strip() or None)
-        labels = labels.to_numpy(dtype=object)
+        labels = np.array([None if pd.isna(v) else (str(v).strip() or None) for v in df[schema.label_col]],
+                          dtype=object)
 
     base = Path(base_dir).resolve()
     roots: list[Path] = [base]
