@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/aisle demo-data $(DEMO_DIR) --n-train 600 --n-test 200
 	$(VENV)/bin/aisle check --config configs/demo.yaml --out $(DEMO_DIR)/check
+	$(VENV)/bin/aisle train --config configs/demo.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -86,7 +86,9 @@ _NOT_AN_IMAGE_TEXT = b"this is not an image, only text with a .jpg name\n"
 _P_NO_MATERIAL = 0.05  # texts that are empty or name no material, so text alone is not perfect either
 _EXTRA_VIEW_EVERY = 7  # every 7th product in each split gets a second image <id>_1.jpg
 _NOISE_STD = 6.0
-_MIN_CONTRAST = 140  # minimum L1 distance (over RGB) between shape and background colours
+_MIN_CONTRAST = 140
+# A typical fill colour per item (as product photos of one type share a look); jittered per image.
+_ITEM_HUES = {"circle": (200, 60, 70), "square": (60, 170, 70), "triangle": (70, 80, 200)}  # minimum L1 distance (over RGB) between shape and background colours
 
 
 @dataclass(frozen=True)
@@ -181,11 +183,12 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, theta: float) -> l
 
 
 def _render(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One view of ``shape``: random background and fill colours, position, scale, rotation and noise."""
-    bg = rng.integers(0, 256, 3)
-    fg = rng.integers(0, 256, 3)
+    """One view of ``shape``: pale random background, a fill hue typical of the item (jittered), random
+    position, scale, rotation and noise. Shape and hue both tell the item, never the material."""
+    bg = rng.integers(150, 251) + rng.integers(-15, 16, 3)
+    fg = np.asarray(_ITEM_HUES[shape]) + rng.integers(-45, 46, 3)
     while int(np.abs(fg - bg).sum()) < _MIN_CONTRAST:
-        fg = rng.integers(0, 256, 3)
+        fg = np.asarray(_ITEM_HUES[shape]) + rng.integers(-45, 46, 3)
     image = Image.new("RGB", (size, size), tuple(int(v) for v in bg))
     draw = ImageDraw.Draw(image)
     r = float(rng.uniform(0.18, 0.3)) * size
