@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, CL
 
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
 from aisle.models.registry import Registry
-from aisle.models.tokenizer import train_wordpiece_tokenizer
+from aisle.models.tokenizer import train_word_tokenizer
 
 __all__ = ["DUAL_ENCODERS", "TINY_PRESET"]
 
@@ -97,7 +97,7 @@ def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Seq
         meta = json.loads((Path(assets_dir) / "aisle_image_preprocess.json").read_text())
         preprocess = ImagePreprocess(meta["size"], tuple(meta["mean"]), tuple(meta["std"]), meta["interpolation"])
     elif name == TINY_PRESET:
-        tokenizer = train_wordpiece_tokenizer(list(texts) or ["empty"], vocab_size=1000)
+        tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=1000)
         tcfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                     vocab_size=len(tokenizer), max_position_embeddings=max(64, max_length),
                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
@@ -193,6 +193,10 @@ def open_clip_dual(name: str, pretrained: bool = True, max_length: int = 77, tex
                                  str(pp.get("interpolation", "bicubic")))
     embed_dim = int(model.text_projection.shape[1] if isinstance(model.text_projection, torch.Tensor)
                     else model.text_projection.out_features)
+    for name in ("logit_scale", "logit_bias"):  # contrastive temperature: unused by a classifier head
+        param = getattr(model, name, None)
+        if isinstance(param, nn.Parameter):
+            param.requires_grad_(False)
     visual = model.visual
     del model.visual  # the text view owns everything but the visual tower: disjoint parameters
     image = _ImageView(visual, None, embed_dim, preprocess, call="open_clip")

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, Pretr
 
 from aisle.models.base import Tower, masked_mean
 from aisle.models.registry import Registry
-from aisle.models.tokenizer import train_wordpiece_tokenizer
+from aisle.models.tokenizer import train_word_tokenizer
 
 __all__ = ["TEXT_TOWERS", "HFTextTower", "tiny_bert_tower"]
 
@@ -92,7 +92,7 @@ def tiny_bert_tower(name: str = "bert", pretrained: bool = False, pooler: Litera
         raise ValueError(f"unknown tiny text preset {name!r}; valid choices: bert")
     if assets_dir is not None:
         return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, assets_dir=assets_dir)
-    tokenizer = train_wordpiece_tokenizer(list(texts) or ["empty"], vocab_size=2000)
+    tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=2000)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=37, max_position_embeddings=max(64, max_length),
                         pad_token_id=tokenizer.pad_token_id)

@@ -1,32 +1,39 @@
-"""A WordPiece tokenizer trained on the fly from the training texts (no download), saved with the run."""
+"""A word-level tokenizer built on the fly from the training texts (no download), saved with the run.
+
+Deterministic by construction: the vocabulary is the most frequent words, ties broken alphabetically.
+(The ``tokenizers`` trainers break ties through Rust hash maps, so two processes can learn different ids.)
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["train_wordpiece_tokenizer"]
+__all__ = ["train_word_tokenizer"]
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
-    """Lower-casing BERT-style WordPiece tokenizer with ``[CLS] ... [SEP]`` framing.
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+    """Lower-casing BERT-style word tokenizer with ``[CLS] ... [SEP]`` framing.
 
     Args:
         texts: the corpus (training texts; empty strings are fine).
-        vocab_size: the largest vocabulary to learn (small corpora give fewer).
+        vocab_size: the largest vocabulary, special tokens included (rarer words map to ``[UNK]``).
     """
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
-    tok.train_from_iterator((t for t in texts if t), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts if t for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: max(0, vocab_size - len(SPECIAL))]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 
 from aisle.training.checkpoint import save_optimizer_state, save_weights, write_json
 
-__all__ = ["EpochCheckpoint", "HISTORY_FIELDS"]
+__all__ = ["EpochCheckpoint", "HISTORY_FIELDS", "seed_epoch"]
+
+
+def seed_epoch(seed: int, epoch: int, generator: torch.Generator | None) -> None:
+    """Seed the global RNGs (augmentation, dropout) and the loader's data-order generator for one epoch."""
+    L.seed_everything(seed + epoch, workers=True, verbose=False)
+    if generator is not None:
+        generator.manual_seed(seed + epoch)
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr", "seconds"]
 
@@ -25,10 +33,14 @@ class EpochCheckpoint(L.Callback):
         monitor: metric name (``val_macro_f1``, ``val_loss``, ...).
         epoch_offset: epochs already done before this fit (resume).
         best_score: the best monitored value so far (resume).
+        generator: the training DataLoader's generator, reseeded with the epoch seed.
+        seed: each epoch reseeds with ``seed + epoch`` (before its data order is drawn), so a resumed run
+            replays exactly what an uninterrupted run would have done.
     """
 
-    def __init__(self, fold_dir: Path, monitor: str, epoch_offset: int = 0, best_score: float | None = None) -> None:
-        self.fold_dir, self.monitor = fold_dir, monitor
+    def __init__(self, fold_dir: Path, monitor: str, epoch_offset: int = 0, best_score: float | None = None,
+                 seed: int = 0, generator: torch.Generator | None = None) -> None:
+        self.fold_dir, self.monitor, self.seed, self.generator = fold_dir, monitor, seed, generator
         self.mode = "min" if monitor == "val_loss" else "max"
         self.epoch_offset, self.best_score = epoch_offset, best_score
         self._t0 = time.perf_counter()
@@ -40,6 +52,10 @@ class EpochCheckpoint(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        # Lightning draws a trainer's first batch before this hook in its first epoch only, so the caller
+        # seeds that epoch before ``fit`` and we seed the later ones here, before their first batch.
+        if trainer.current_epoch > 0:
+            seed_epoch(self.seed, self.epoch_offset + trainer.current_epoch, self.generator)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # validation ran before this hook (check_val_every_n_epoch=1), so metrics hold both sides

@@ -22,7 +22,7 @@ from aisle.data.prepare import TrainingData, load_training_data
 from aisle.evaluation.metrics import classification_metrics
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, save_model_assets, set_trainable
-from aisle.training.callbacks import EpochCheckpoint
+from aisle.training.callbacks import EpochCheckpoint, seed_epoch
 from aisle.training.checkpoint import load_optimizer_state, load_weights, read_json, write_json
 from aisle.training.loaders import build_loader
 from aisle.training.losses import LOSSES, class_weights
@@ -123,11 +123,12 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
             h = pd.read_csv(hist)
             h[h["epoch"] <= offset].to_csv(hist, index=False)
         log.info("stage %s fold %d: resuming after epoch %d", stage.name, fold, offset)
-        L.seed_everything(cfg.train.seed + fold + 1000 * offset, workers=True, verbose=False)
     module = ClassifierModule(model, criterion, cfg.train, _stage_lrs(cfg, stage), steps, frozen)
 
     callbacks: list[L.Callback] = [EpochCheckpoint(fold_dir, cfg.train.early_stopping_metric, offset,
-                                                   last["best_score"] if last else None)]
+                                                   last["best_score"] if last else None,
+                                                   seed=cfg.train.seed + 1000 * fold,
+                                                   generator=train_loader.generator)]
     if cfg.train.early_stopping_patience:
         mode = "min" if cfg.train.early_stopping_metric == "val_loss" else "max"
         es = L.pytorch.callbacks.EarlyStopping(cfg.train.early_stopping_metric, patience=cfg.train.early_stopping_patience,
@@ -150,6 +151,7 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
         )
         if last:
             _restore_optimizer(module, trainer, fold_dir, last)
+        seed_epoch(cfg.train.seed + 1000 * fold, offset, train_loader.generator)
         trainer.fit(module, train_loader, val_loader)
         if not trainer.is_global_zero:
             return FoldResult(fold, {}, 0, 0.0)
@@ -176,7 +178,9 @@ def _restore_optimizer(module: ClassifierModule, trainer: L.Trainer, fold_dir: P
         conf = build()
         load_optimizer_state(conf["optimizer"], fold_dir / "last_optim.safetensors")
         if last.get("scheduler"):
-            conf["lr_scheduler"]["scheduler"].load_state_dict(last["scheduler"])
+            sched = conf["lr_scheduler"]["scheduler"]
+            # our lambdas are plain closures rebuilt identically; only the step counters are state
+            sched.load_state_dict({**last["scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
         return conf
 
     module.configure_optimizers = configure  # type: ignore[method-assign]

@@ -57,12 +57,15 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
     ds = ProductDataset(products, y, image_transform=image_tf, multi_image=cfg.data.multi_image, train=train,
                         max_images=cfg.data.max_images, placeholder_size=image_size or (pre.size if pre else 224),
                         max_pixels=cfg.data.max_image_pixels)
+    # Data order comes from the loader's own generator (reseeded each epoch by EpochCheckpoint), never from
+    # the global RNG, whose draws differ between a trainer's first epoch and later ones (exact resume).
+    generator = torch.Generator().manual_seed(cfg.train.seed)
     sampler = None
     if train and sample_weights is not None:
         sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(products),
-                                        replacement=True)
+                                        replacement=True, generator=generator)
     workers = cfg.train.num_workers
     return DataLoader(ds, batch_size=batch_size or cfg.train.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, num_workers=workers, collate_fn=Collate(text.tokenize if text else None),
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      drop_last=False)
+                      drop_last=False, generator=generator)

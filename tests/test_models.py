@@ -1,0 +1,151 @@
+"""Contract tests over every registry entry, with tiny random models built offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from aisle.config import ModelConfig
+from aisle.models import (DUAL_ENCODERS, FUSIONS, IMAGE_TOWERS, TEXT_TOWERS, ProductClassifier, Registry,
+                          create_classifier, parse_tower_name, set_trainable)
+from aisle.models.text_towers import HFTextTower
+from aisle.models.tokenizer import train_word_tokenizer
+
+TEXTS = ["soft wool knit cushion", "silk satin sheen", "merino woollen blend", "", "satin silken weave"]
+B = 3
+
+
+def _batch(image_size: int, k: int = 1, tokenize=None) -> dict:
+    batch = {"image": torch.randn(B, k, 3, image_size, image_size),
+             "image_mask": torch.ones(B, k, dtype=torch.bool), "label": torch.tensor([0, 1, 2])}
+    batch["image_mask"][0, 1:] = False
+    if tokenize is not None:
+        batch.update(tokenize(TEXTS[:B]))
+    return batch
+
+
+# Every registry entry gets a tiny offline instance here; a new entry without one fails test_all_entries_covered.
+IMAGE_CASES = {"timm": [("test_resnet", 32), ("test_vit", None)]}
+TEXT_CASES = {"hf": "config", "tiny": "bert"}
+DUAL_CASES = {"hf-clip": "tiny", "hf-siglip": "tiny", "open_clip": "tiny"}
+
+
+def test_all_entries_covered():
+    assert set(IMAGE_CASES) == set(IMAGE_TOWERS.list())
+    assert set(TEXT_CASES) == set(TEXT_TOWERS.list())
+    assert set(DUAL_CASES) == set(DUAL_ENCODERS.list())
+
+
+def _text_tower(prefix: str):
+    if prefix == "hf":
+        tok = train_word_tokenizer(TEXTS, vocab_size=99)
+        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)
+        return HFTextTower("hf-test", config=cfg, tokenizer=tok, max_length=16)
+    return TEXT_TOWERS.create(prefix, TEXT_CASES[prefix], texts=TEXTS)
+
+
+def _check_tower(tower, batch):
+    out = tower(batch)
+    assert out.shape == (B, tower.output_dim)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for name, p in tower.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"no gradient for {name}"
+
+
+@pytest.mark.parametrize("name,size", IMAGE_CASES["timm"])
+def test_image_tower_contract(name, size):
+    tower = IMAGE_TOWERS.create("timm", name, pretrained=False, image_size=size)
+    _check_tower(tower, _batch(tower.preprocess.size, k=2))
+
+
+@pytest.mark.parametrize("prefix", sorted(TEXT_CASES))
+def test_text_tower_contract(prefix):
+    tower = _text_tower(prefix)
+    _check_tower(tower, _batch(8, tokenize=tower.tokenize))
+
+
+@pytest.mark.parametrize("prefix", sorted(DUAL_CASES))
+def test_dual_encoder_contract(prefix):
+    dual = DUAL_ENCODERS.create(prefix, DUAL_CASES[prefix], pretrained=False, texts=TEXTS)
+    img_params = {id(p) for p in dual.image.parameters()}
+    assert not img_params & {id(p) for p in dual.text.parameters()}, "image and text towers must not share params"
+    batch = _batch(dual.image.preprocess.size, tokenize=dual.text.tokenize)
+    _check_tower(dual.image, batch)
+    _check_tower(dual.text, batch)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.list())
+def test_fusion_classifier_contract_and_frozen_towers(fusion):
+    image = IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32)
+    text = _text_tower("tiny")
+    model = ProductClassifier(image, text, num_classes=5, fusion=fusion, fusion_dim=24, head_hidden=16)
+    set_trainable(model.image_encoder, False)
+    out = model(_batch(32, k=2, tokenize=text.tokenize))
+    assert set(out) == {"logits", "image_features", "text_features", "aux_logits"}
+    assert out["logits"].shape == (B, 5) and torch.isfinite(out["logits"]).all()
+    assert out["image_features"].shape == (B, image.output_dim)
+    assert out["text_features"].shape == (B, text.output_dim)
+    assert len(out["aux_logits"]) == (2 if fusion == "late" else 0)
+    loss = out["logits"].logsumexp(-1).mean() + sum(a.logsumexp(-1).mean() for a in out["aux_logits"])
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith("image_encoder"):
+            assert p.grad is None, f"frozen {name} got a gradient"
+        elif name != "missing_image":  # every row has an image here, so the placeholder is unused
+            assert p.grad is not None, f"no gradient for {name}"
+
+
+def test_missing_image_uses_learned_placeholder():
+    image = IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32)
+    model = ProductClassifier(image, None, num_classes=3, head_hidden=0)
+    with torch.no_grad():
+        model.missing_image.fill_(7.0)
+    batch = _batch(32, k=2)
+    batch["image_mask"][1] = False  # product 1 has no usable image
+    feats = model(batch)["image_features"]
+    assert torch.all(feats[1] == 7.0) and not torch.all(feats[0] == 7.0)
+
+
+def test_train_last_n_blocks():
+    tower = _text_tower("tiny")
+    set_trainable(tower, True, last_n_blocks=1)
+    blocks = tower.blocks()
+    assert len(blocks) == 2
+    assert all(p.requires_grad for p in blocks[1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    assert not any(p.requires_grad for p in tower.model.embeddings.parameters())
+
+
+@pytest.mark.parametrize("mtype", ["image", "text", "fusion", "dual"])
+def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
+    from aisle.models import save_model_assets
+    from aisle.training.checkpoint import load_weights, save_weights
+
+    mcfg = ModelConfig(type=mtype, image={"name": "timm:test_resnet", "pretrained": False},
+                       text={"name": "tiny:bert", "max_length": 16}, dual={"name": "hf-clip:tiny"},
+                       image_size=32, fusion_dim=16, head_hidden=16)
+    model = create_classifier(mcfg, 4, TEXTS).eval()
+    save_model_assets(model, mcfg, tmp_path / "assets")
+    save_weights(model, tmp_path / "w.safetensors")
+    again = load_weights(create_classifier(mcfg, 4, assets=tmp_path / "assets"), tmp_path / "w.safetensors").eval()
+    tok = (model.text_encoder.tokenize if model.text_encoder is not None else None)
+    batch = _batch(32, tokenize=tok)
+    with torch.no_grad():
+        assert torch.allclose(model(batch)["logits"], again(batch)["logits"], atol=1e-5)
+
+
+def test_registry_errors():
+    reg = Registry("thing")
+    reg.register("a")(object)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a")(object)
+    with pytest.raises(ValueError, match="valid choices: a"):
+        reg.get("b")
+    with pytest.raises(ValueError, match="prefix one of"):
+        parse_tower_name("resnet18", IMAGE_TOWERS.list())
+    with pytest.raises(ValueError, match="unknown fusion"):
+        FUSIONS.get("bogus")

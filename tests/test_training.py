@@ -1,0 +1,130 @@
+"""End-to-end training on a tiny generated catalogue: run folder, two stages, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from aisle.cli import main
+from aisle.data.demo import write_demo_catalogue
+
+FOLD_FILES = ["best.safetensors", "best.json", "history.csv", "oof.csv", "done.json"]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cat")
+    write_demo_catalogue(out, n_train=60, n_test=20, seed=1, image_size=32)
+    return out
+
+
+def _config(tmp_path: Path, catalogue: Path, **train) -> Path:
+    cfg = {
+        "name": "t", "output_dir": str(tmp_path / "runs"),
+        "data": {"train_csv": str(catalogue / "train.csv"), "folds": 2},
+        "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
+                  "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
+                  "head_hidden": 16},
+        "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "lr": {"default": 3e-3}, **train},
+    }
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_cli_train_writes_complete_run_folder(tmp_path, catalogue):
+    rd = tmp_path / "run"
+    assert main(["train", "-c", str(_config(tmp_path, catalogue)), "--run-dir", str(rd)]) == 0
+    for name in ("config.yaml", "label_map.json", "folds.csv", "cv_summary.json", "main/oof.csv",
+                 "assets/towers.json", "assets/text/tokenizer.json"):
+        assert (rd / name).exists(), name
+    for k in (0, 1):
+        for name in FOLD_FILES:
+            assert (rd / "main" / f"fold_{k}" / name).exists(), (k, name)
+        assert list((rd / "main" / f"fold_{k}" / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+        assert not (rd / "main" / f"fold_{k}" / "last.safetensors").exists(), "finished folds drop resume state"
+    summary = json.loads((rd / "cv_summary.json").read_text())
+    assert set(summary["folds"]) == {"0", "1"}
+    for key in ("acc", "top3", "macro_f1"):
+        assert 0.0 <= summary["mean"][key] <= 1.0
+    oof = pd.read_csv(rd / "main" / "oof.csv")
+    train = pd.read_csv(catalogue / "train.csv", dtype=str)
+    assert sorted(oof["id"]) == sorted(train["id"]), "every training row gets one out-of-fold prediction"
+    hist = pd.read_csv(rd / "main" / "fold_0" / "history.csv")
+    assert list(hist.columns[:6]) == ["epoch", "train_loss", "val_loss", "val_acc", "val_top3", "val_macro_f1"]
+    # no pickles anywhere: weights are safetensors, metadata JSON/YAML/CSV
+    suffixes = {p.suffix for p in rd.rglob("*") if p.is_file()}
+    assert not suffixes & {".ckpt", ".pt", ".pth", ".pkl", ".bin"}, suffixes
+    load_file(str(rd / "main" / "fold_0" / "best.safetensors"))
+
+
+def test_existing_run_folder_is_not_overwritten_silently(tmp_path, catalogue):
+    cfg = _config(tmp_path, catalogue)
+    rd = tmp_path / "run"
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd), "--fold", "0"]) == 0
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd), "--fold", "0"]) == 2
+
+
+def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
+    import aisle.training.cv as cv
+
+    loaded = []
+    real = cv.load_weights
+    monkeypatch.setattr(cv, "load_weights", lambda m, p, **k: (loaded.append(Path(p)), real(m, p, **k))[1])
+    stages = [{"name": "head", "freeze_encoders": True}, {"name": "full", "init_from": "head"}]
+    rd = tmp_path / "run"
+    assert main(["train", "-c", str(_config(tmp_path, catalogue, stages=stages)), "--run-dir", str(rd),
+                 "--fold", "0"]) == 0
+    assert rd / "head" / "fold_0" / "best.safetensors" in loaded
+    template = load_file(str(rd / "template.safetensors"))
+    head = load_file(str(rd / "head" / "fold_0" / "best.safetensors"))
+    full = load_file(str(rd / "full" / "fold_0" / "best.safetensors"))
+    enc = [k for k in template if k.startswith("image_encoder.") and template[k].is_floating_point()
+           and "running" not in k]
+    assert all(torch.equal(template[k], head[k]) for k in enc), "stage 1 must not move frozen towers"
+    assert any(not torch.equal(head[k], full[k]) for k in enc), "stage 2 trains the towers"
+    assert any(not torch.equal(template[k], head[k]) for k in head if k.startswith("head."))
+    assert json.loads((rd / "cv_summary.json").read_text())["stage"] == "full"
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
+    cfg = _config(tmp_path, catalogue, epochs=4)
+    ref = tmp_path / "ref"
+    assert main(["train", "-c", str(cfg), "--run-dir", str(ref), "--fold", "0"]) == 0
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "AISLE_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(cut),
+                             "--fold", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = cut / "main" / "fold_0" / "last.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and json.loads(last.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed; make the epochs longer"
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of epoch 3
+    proc.wait()
+    assert not (cut / "main" / "fold_0" / "done.json").exists()
+
+    assert main(["train", "--resume", str(cut), "--fold", "0"]) == 0
+    a = json.loads((ref / "cv_summary.json").read_text())["folds"]["0"]
+    b = json.loads((cut / "cv_summary.json").read_text())["folds"]["0"]
+    for key in ("acc", "macro_f1", "best_epoch"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    wa = load_file(str(ref / "main" / "fold_0" / "best.safetensors"))
+    wb = load_file(str(cut / "main" / "fold_0" / "best.safetensors"))
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+    hist = pd.read_csv(cut / "main" / "fold_0" / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2, 3, 4]
