@@ -96,6 +96,34 @@ def train(
     render_cv(summary, console)
 
 
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    data: Annotated[Path, typer.Option(help="Products table to predict.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
+    fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
+    tta: Annotated[Optional[list[str]], typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,
+    scale: Annotated[Optional[list[int]], typer.Option("--scale", help="Image size to average over (repeatable).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch.")] = None,
+    image_dir: Annotated[Optional[Path], typer.Option(help="Image folder (default: images/ beside the table).")] = None,
+) -> None:
+    """Predict with a run's fold models (averaged): writes submission.csv and probabilities.csv."""
+    from aisle.inference import predict as run_predict
+    from aisle.inference import write_outputs
+
+    try:
+        with _progress() as bar:
+            task = bar.add_task("predicting", total=None)
+            pred = run_predict(run_dir, data, folds=fold, tta=tta, scales=scale, batch_size=batch_size,
+                               image_dir=image_dir, progress=lambda k: bar.advance(task, k))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    files = write_outputs(pred, out or run_dir / "predictions")
+    console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s)")
+    for name, path in files.items():
+        console.print(f"wrote {name}: {path}")
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write train.csv, test.csv, test_labels.csv, images/.")],

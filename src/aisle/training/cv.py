@@ -237,6 +237,9 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         prepare_run_dir(cfg, rd, overwrite)
     td = load_training_data(cfg.data)
     td.label_map.save(rd / "label_map.json")
+    sch = td.products.schema
+    write_json(rd / "schema.json", {"id_col": sch.id_col, "label_col": sch.label_col, "text_cols": list(sch.text_cols),
+                                    "image_col": sch.image_col})
     pd.DataFrame({"id": td.products.ids, "fold": td.folds}).to_csv(rd / "folds.csv", index=False)
     chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
     unknown = sorted(set(chosen) - set(td.folds.tolist()))

@@ -1,0 +1,167 @@
+"""Rebuild a trained run from its folder alone and predict: fold-averaged probabilities, TTA, multi-scale."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from aisle.config import AisleConfig, load_config
+from aisle.data.labels import LabelMap
+from aisle.data.products import Products, load_products
+from aisle.inference.tta import TTA_POLICIES
+from aisle.models.classifier import ProductClassifier
+from aisle.models.factory import create_classifier
+from aisle.training.checkpoint import load_weights
+from aisle.training.loaders import build_loader
+
+__all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Probabilities for every input row, in input order.
+
+    Attributes:
+        ids: product ids (duplicates kept, one row each).
+        probs: (N, C) fold-averaged probabilities.
+        fold_probs: fold number -> (N, C) that fold's probabilities (TTA/scales already averaged).
+        label_map: class names.
+        label_col: the label column name for the submission file.
+        unseen_labels: labels in the input the run never saw (when the input is labelled).
+    """
+
+    ids: np.ndarray
+    probs: np.ndarray
+    fold_probs: dict[int, np.ndarray]
+    label_map: LabelMap
+    label_col: str
+    unseen_labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list:
+        return self.label_map.decode(self.probs.argmax(1))
+
+
+def _final_stage(run_dir: Path, cfg: AisleConfig) -> Path:
+    names = [s.name for s in cfg.train.stages] or ["main"]
+    return run_dir / names[-1]
+
+
+def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
+                     ) -> tuple[AisleConfig, LabelMap, dict[int, ProductClassifier]]:
+    """The run's config, label map and each finished fold's best model, rebuilt offline from the folder.
+
+    Raises:
+        FileNotFoundError: not a run folder, or a requested fold has no best checkpoint.
+    """
+    rd = Path(run_dir)
+    if not (rd / "config.yaml").is_file() or not (rd / "label_map.json").is_file():
+        raise FileNotFoundError(f"{rd} is not a finished run folder (config.yaml / label_map.json missing)")
+    cfg = load_config(rd / "config.yaml")
+    label_map = LabelMap.load(rd / "label_map.json")
+    stage = _final_stage(rd, cfg)
+    available = sorted(int(p.parent.name.split("_")[1]) for p in stage.glob("fold_*/best.safetensors"))
+    chosen = folds if folds is not None else available
+    missing = sorted(set(chosen) - set(available))
+    if missing or not chosen:
+        raise FileNotFoundError(f"{stage}: no best checkpoint for fold(s) {missing or chosen}; available: {available}")
+    models = {}
+    for k in chosen:
+        model = create_classifier(cfg.model, len(label_map), assets=rd / "assets")
+        models[k] = load_weights(model, stage / f"fold_{k}" / "best.safetensors").eval()
+    return cfg, label_map, models
+
+
+def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None]:
+    return [None] + [TTA_POLICIES.get(name) for name in tta]
+
+
+def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
+                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
+    has_images = model.image_encoder is not None
+    sizes = (scales or [None]) if has_images else [None]
+    views = _views(tta) if has_images else [None]
+    total = None
+    for size in sizes:
+        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, image_size=size)
+        chunks = []
+        with torch.inference_mode():
+            for batch in loader:
+                acc = None
+                for view in views:
+                    b = dict(batch)
+                    if view is not None:
+                        b["image"] = view(b["image"])
+                    p = torch.softmax(model(b)["logits"].float(), -1)
+                    acc = p if acc is None else acc + p
+                chunks.append((acc / len(views)).numpy())
+                if progress is not None:
+                    progress(len(batch["id"]))
+        probs = np.concatenate(chunks)
+        total = probs if total is None else total + probs
+    return total / len(sizes)
+
+
+def predict(run_dir: str | Path, data: str | Path, folds: list[int] | None = None,
+            tta: list[str] | None = None, scales: list[int] | None = None, batch_size: int | None = None,
+            image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> Prediction:
+    """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
+
+    Args:
+        run_dir: a finished run folder; nothing else is needed.
+        data: a products table (path) to predict.
+        folds: which folds' models (default: all finished).
+        tta: TTA policy names (default: the run's ``infer.tta``).
+        scales: image sizes to average over (default: the run's ``infer.scales``, else the model's own size).
+        batch_size: default the run's ``infer.batch_size``.
+        image_dir: image folder (default: the run's ``data.image_dir``, else ``images/`` beside the table).
+        progress: called with the number of rows done (per fold and scale).
+    """
+    cfg, label_map, models = load_fold_models(run_dir, folds)
+    data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
+    products = load_products(data, data_cfg)
+    if cfg.train.num_workers and len(products) < 256:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
+    tta = cfg.infer.tta if tta is None else tta
+    scales = cfg.infer.scales if scales is None else scales
+    for name in tta:
+        TTA_POLICIES.get(name)  # unknown names fail before any work
+    dups = products.duplicate_ids()
+    if dups:
+        log.warning("%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source,
+                    len(dups), dups[:10])
+    unseen: dict[str, int] = {}
+    if products.labels is not None:
+        _, counter = label_map.encode(products.labels)
+        unseen = dict(counter)
+        if unseen:
+            log.warning("%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
+                        products.source, len(unseen), sum(unseen.values()), list(unseen)[:10])
+    fold_probs = {k: _predict_model(m, products, cfg, tta, scales, batch_size or cfg.infer.batch_size, progress)
+                  for k, m in models.items()}
+    probs = np.mean(np.stack(list(fold_probs.values())), axis=0)
+    schema_file = Path(run_dir) / "schema.json"
+    trained_col = json.loads(schema_file.read_text()).get("label_col") if schema_file.is_file() else None
+    label_col = trained_col or products.schema.label_col or "label"
+    return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen)
+
+
+def write_outputs(pred: Prediction, out_dir: str | Path) -> dict[str, Path]:
+    """``submission.csv`` (``id,<label column>``, original class names) and ``probabilities.csv``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sub = pd.DataFrame({"id": pred.ids, pred.label_col: pred.labels})
+    sub.to_csv(out / "submission.csv", index=False)
+    probs = pd.DataFrame(pred.probs, columns=list(pred.label_map.classes))
+    probs.insert(0, "id", pred.ids)
+    probs.to_csv(out / "probabilities.csv", index=False)
+    return {"submission": out / "submission.csv", "probabilities": out / "probabilities.csv"}
