@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -122,6 +123,48 @@ def predict(
     console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s)")
     for name, path in files.items():
         console.print(f"wrote {name}: {path}")
+
+
+@app.command()
+def evaluate(
+    probabilities: Annotated[Path, typer.Argument(help="probabilities.csv from predict or ensemble.")],
+    labels: Annotated[Path, typer.Option(help="Labelled table (id + label column), joined by id.")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, per_class.csv, confusion matrix.")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Label column (default: categories, else label).")] = None,
+) -> None:
+    """Score predictions: accuracy, top-3, macro/weighted F1, precision/recall, confusion matrix (CSV + PNG)."""
+    from aisle.cli._render import render_evaluation
+    from aisle.evaluation.evaluate import evaluate_files
+
+    try:
+        ev = evaluate_files(probabilities, labels, out or probabilities.parent / "evaluation", label_col)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    render_evaluation(ev, console)
+    console.print(f"wrote metrics, per-class report and confusion matrix to {out or probabilities.parent / 'evaluation'}")
+
+
+@app.command()
+def ensemble(
+    probabilities: Annotated[list[Path], typer.Argument(help="probabilities.csv files of several runs.")],
+    weight: Annotated[Optional[list[float]], typer.Option("--weight", help="One weight per file (repeatable).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ensemble"),
+    label_col: Annotated[str, typer.Option(help="Label column name in submission.csv.")] = "categories",
+) -> None:
+    """Weighted average of several runs' probabilities; writes submission.csv and probabilities.csv."""
+    from aisle.inference.ensemble import ensemble_probabilities
+
+    try:
+        probs = ensemble_probabilities(probabilities, weight)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    probs.to_csv(out / "probabilities.csv", index=False)
+    classes = [c for c in probs.columns if c != "id"]
+    sub = probs[["id"]].assign(**{label_col: np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]})
+    sub.to_csv(out / "submission.csv", index=False)
+    console.print(f"ensembled {len(probabilities)} files over {len(probs):,} rows; wrote {out}/submission.csv, "
+                  f"{out}/probabilities.csv")
 
 
 @app.command("demo-data")

@@ -82,3 +82,20 @@ def render_cv(summary: dict, console: Console) -> None:
     console.print(t)
     p = summary["params"]
     console.print(f"parameters: {p['total']:,} ({p['trainable']:,} trainable at start)")
+
+
+def render_evaluation(ev, console: Console, worst: int = 10) -> None:
+    t = Table(title=f"evaluation on {ev.n_scored:,} rows" + (f" ({ev.n_unscored} unscored: label missing or unknown)"
+                                                             if ev.n_unscored else ""))
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in ev.metrics.items():
+        t.add_row(k, f"{v:.4f}")
+    console.print(t)
+    pc = ev.per_class[ev.per_class["support"] > 0].sort_values("f1-score").head(worst)
+    w = Table(title=f"{len(pc)} weakest classes by F1")
+    for c in ("class", "precision", "recall", "f1", "support"):
+        w.add_column(c, justify="left" if c == "class" else "right")
+    for name, r in pc.iterrows():
+        w.add_row(str(name), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1-score']:.3f}", str(int(r["support"])))
+    console.print(w)
