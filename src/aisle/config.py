@@ -27,6 +27,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "save_config",
+    "validate_config",
 ]
 
 
@@ -48,6 +49,7 @@ class DataConfig(_Section):
     train_csv: str | None = None
     test_csv: str | None = None
     image_dir: str | None = None  # default: an ``images/`` folder beside the CSV, if there is one
+    data_root: str | None = None  # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
     class_folder: str | None = None  # folder-per-class layout root: <root>/<class>/*.jpg
     class_descriptions: str | None = None  # JSON {class: description}
     id_col: str | None = None
@@ -287,6 +289,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         raw = apply_overrides(raw, overrides)
         source += " + --set overrides"
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> AisleConfig:
+    """Validate a nested dict into an :class:`AisleConfig`, with :class:`ConfigError` messages."""
     try:
         return AisleConfig.model_validate(raw)
     except ValidationError as e:

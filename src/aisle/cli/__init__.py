@@ -167,6 +167,47 @@ def ensemble(
                   f"{out}/probabilities.csv")
 
 
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
+    out: Annotated[Path, typer.Option(help="Output folder for comparison.csv and the plots.")] = Path("comparison"),
+) -> None:
+    """Compare runs: a summary table (CSV + PNG), radar chart, params-vs-time scatter, training curves."""
+    from rich.table import Table
+
+    from aisle.evaluation.compare import METRICS, compare_runs
+
+    try:
+        df = compare_runs(run_dirs, out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    t = Table(title=f"{len(df)} runs, best macro-F1 first")
+    cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("run", "model", "fusion") else "right")
+    for r in df[cols].itertuples(index=False):
+        t.add_row(r.run, r.model, r.fusion, f"{r.params:,}", f"{r.train_seconds:.1f}",
+                  *(f"{getattr(r, m):.4f}" for m in METRICS))
+    console.print(t)
+    console.print(f"wrote {out}/comparison.csv, table.png, radar.png, params_vs_time.png, curves.png")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
+    errors: Annotated[int, typer.Option(help="Worst errors to show as pictures.")] = 24,
+) -> None:
+    """One self-contained HTML page: config, CV metrics, curves, confusion matrix, per-class F1, worst errors."""
+    from aisle.evaluation.report import write_report
+
+    try:
+        path = write_report(run_dir, out, errors)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write train.csv, test.csv, test_labels.csv, images/.")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pandas as pd
 from aisle.config import DataConfig
 from aisle.data.folds import assign_folds
 from aisle.data.labels import LabelMap, apply_rare_class_policy
-from aisle.data.products import Products, load_products, read_class_folder
+from aisle.data.products import Products, load_products, products_from_frame, read_class_folder
 
 __all__ = ["TrainingData", "load_source", "load_training_data"]
 
@@ -37,12 +38,23 @@ class TrainingData:
     dropped_ids: dict[str, str]
 
 
-def load_source(cfg: DataConfig, require_label: bool = True) -> Products:
-    """The training products: ``data.train_csv`` or a ``data.class_folder`` tree.
+def load_source(cfg: DataConfig, require_label: bool = True, frame: pd.DataFrame | None = None,
+                base_dir: str | Path = ".") -> Products:
+    """The training products: ``frame`` if given, else ``data.train_csv`` or a ``data.class_folder`` tree.
+
+    Args:
+        cfg: data settings.
+        require_label: raise if the table has no label column.
+        frame: an in-memory products table (Python API); image paths in it are relative to ``base_dir``.
+        base_dir: the data root for ``frame``.
 
     Raises:
         ValueError: neither or both sources are set.
     """
+    if frame is not None:
+        root = Path(cfg.data_root or base_dir)
+        image_dir = cfg.image_dir or (root / "images" if (root / "images").is_dir() else None)
+        return products_from_frame(frame, cfg, root, image_dir, source="DataFrame", require_label=require_label)
     if bool(cfg.train_csv) == bool(cfg.class_folder):
         raise ValueError("set exactly one of data.train_csv (a products table) or data.class_folder (a class tree)")
     if cfg.class_folder:
@@ -50,13 +62,13 @@ def load_source(cfg: DataConfig, require_label: bool = True) -> Products:
     return load_products(cfg.train_csv, cfg, require_label=require_label)
 
 
-def load_training_data(cfg: DataConfig) -> TrainingData:
+def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_dir: str | Path = ".") -> TrainingData:
     """Load the training source, build the label map, apply the rare-class policy and assign folds.
 
     Raises:
         ValueError: no labelled rows, or rare classes under ``rare_classes=error`` (message names them).
     """
-    products = load_source(cfg)
+    products = load_source(cfg, frame=frame, base_dir=base_dir)
     labels = pd.Series(products.labels, dtype=object)
     dropped: dict[str, str] = {}
     unlabelled = labels.isna().to_numpy()

@@ -14,7 +14,7 @@ import torch
 
 from aisle.config import AisleConfig, load_config
 from aisle.data.labels import LabelMap
-from aisle.data.products import Products, load_products
+from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
 from aisle.inference.tta import TTA_POLICIES
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier
@@ -111,14 +111,15 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
     return total / len(sizes)
 
 
-def predict(run_dir: str | Path, data: str | Path, folds: list[int] | None = None,
+def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[int] | None = None,
             tta: list[str] | None = None, scales: list[int] | None = None, batch_size: int | None = None,
             image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> Prediction:
     """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
 
     Args:
         run_dir: a finished run folder; nothing else is needed.
-        data: a products table (path) to predict.
+        data: a products table (path) to predict, or a DataFrame (relative image paths and the ``images/``
+            folder are taken from ``image_dir``'s parent, else the working directory).
         folds: which folds' models (default: all finished).
         tta: TTA policy names (default: the run's ``infer.tta``).
         scales: image sizes to average over (default: the run's ``infer.scales``, else the model's own size).
@@ -128,7 +129,12 @@ def predict(run_dir: str | Path, data: str | Path, folds: list[int] | None = Non
     """
     cfg, label_map, models = load_fold_models(run_dir, folds)
     data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
-    products = load_products(data, data_cfg)
+    if isinstance(data, pd.DataFrame):
+        root = Path(image_dir).parent if image_dir else Path(".")
+        products = products_from_frame(data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"),
+                                       source="DataFrame")
+    else:
+        products = load_products(data, data_cfg)
     if cfg.train.num_workers and len(products) < 256:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
     tta = cfg.infer.tta if tta is None else tta

@@ -215,7 +215,7 @@ def prepare_run_dir(cfg: AisleConfig, run_dir: Path, overwrite: bool) -> None:
 
 
 def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-           folds: list[int] | None = None) -> dict:
+           folds: list[int] | None = None, frame: pd.DataFrame | None = None, base_dir: str | Path = ".") -> dict:
     """Train every stage over the chosen folds and write the run folder.
 
     Args:
@@ -224,6 +224,9 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         resume: continue an interrupted run: finished folds are kept, a cut-off fold restarts from its last epoch.
         overwrite: replace an existing run folder.
         folds: fold numbers to train (default ``train.folds`` or all).
+        frame: train on this DataFrame instead of ``data.train_csv`` (Python API; it is saved in the run folder
+            as ``train_data.csv`` so the run can be resumed and reported on).
+        base_dir: the data root for ``frame`` (relative image paths, ``images/`` folder).
 
     Returns:
         The CV summary of the last stage (also in ``run_dir/cv_summary.json``), with every stage under ``stages``.
@@ -234,8 +237,17 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
             raise FileNotFoundError(f"{rd} is not a run folder (no config.yaml); nothing to resume")
         cfg = load_config(rd / "config.yaml")
     else:
+        if frame is not None:
+            cfg = cfg.model_copy(deep=True)
+            if cfg.data.image_dir is None and (Path(base_dir) / "images").is_dir():
+                cfg.data.image_dir = str((Path(base_dir) / "images").resolve())
         prepare_run_dir(cfg, rd, overwrite)
-    td = load_training_data(cfg.data)
+        if frame is not None:
+            frame.to_csv(rd / "train_data.csv", index=False)
+            cfg.data.train_csv, cfg.data.class_folder = str((rd / "train_data.csv").resolve()), None
+            cfg.data.data_root = str(Path(base_dir).resolve())  # relative image paths keep their root
+            save_config(cfg, rd / "config.yaml")
+    td = load_training_data(cfg.data, frame=frame, base_dir=base_dir)
     td.label_map.save(rd / "label_map.json")
     sch = td.products.schema
     write_json(rd / "schema.json", {"id_col": sch.id_col, "label_col": sch.label_col, "text_cols": list(sch.text_cols),

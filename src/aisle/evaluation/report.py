@@ -1,0 +1,131 @@
+"""``aisle report``: one self-contained HTML page about a run (every picture embedded as a data URI)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aisle.config import load_config
+from aisle.data.images import open_image, placeholder_image
+from aisle.data.prepare import load_source
+from aisle.evaluation.compare import _curves, _plt, run_history
+from aisle.evaluation.evaluate import evaluate_probs, plot_confusion
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:10px;font-size:12px;max-height:360px;overflow:auto}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:170px;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;background:#fff}
+.card img{width:158px;height:158px;object-fit:contain;background:#fafafa}
+.true{color:#1a7f37}.pred{color:#c62828}.muted{color:#777}
+img.plot{max-width:100%;border:1px solid #eee}
+"""
+
+
+def _png_uri(fig_path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(fig_path.read_bytes()).decode()
+
+
+def _thumb_uri(path: str | None, roots, size: int = 160) -> str:
+    image = open_image(path, roots, draft=(size, size))[0] if path else None
+    image = image or placeholder_image(size)
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _f1_bars(per_class: pd.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    pc = per_class[per_class["support"] > 0].sort_values("f1-score")
+    fig, ax = plt.subplots(figsize=(7, 0.2 * len(pc) + 1.2))
+    ax.barh([str(i)[:28] for i in pc.index], pc["f1-score"], color="#4C72B0")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("out-of-fold F1")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _metrics_table(summary: dict) -> str:
+    keys = ["acc", "top3", "macro_f1", "macro_precision", "macro_recall"]
+    rows = ["<tr><th>stage / fold</th>" + "".join(f"<th>{k}</th>" for k in keys) + "<th>best epoch</th><th>s</th></tr>"]
+    for stage, s in summary["stages"].items():
+        for fold, m in s["folds"].items():
+            rows.append(f"<tr><td>{html.escape(stage)} / {fold}</td>" + "".join(f"<td>{m.get(k, np.nan):.4f}</td>" for k in keys)
+                        + f"<td>{m['best_epoch']}</td><td>{m['seconds']:.1f}</td></tr>")
+        rows.append(f"<tr><th>{html.escape(stage)} mean ± std</th>" + "".join(
+            f"<th>{s['mean'].get(k, np.nan):.4f} ± {s['std'].get(k, np.nan):.4f}</th>" for k in keys)
+            + f"<th></th><th>{s['train_seconds']:.1f}</th></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: int = 24) -> Path:
+    """Write ``report.html`` for a finished run: config, CV metrics, curves, OOF confusion matrix,
+    per-class F1 and a gallery of the most confident out-of-fold errors.
+
+    Raises:
+        FileNotFoundError: not a finished run folder.
+    """
+    rd = Path(run_dir)
+    if not (rd / "cv_summary.json").is_file():
+        raise FileNotFoundError(f"{rd} has no cv_summary.json: not a finished run")
+    summary = json.loads((rd / "cv_summary.json").read_text())
+    cfg = load_config(rd / "config.yaml")
+    stage = summary["stage"]
+    oof = pd.read_csv(rd / stage / "oof.csv", dtype={"id": str, "label": str, "pred": str})
+    classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
+    probs = oof[classes].to_numpy()
+    ev = evaluate_probs(oof["label"].tolist(), probs, classes)
+    figs = rd / "report_files"
+    figs.mkdir(exist_ok=True)
+    _curves({rd.name: run_history(rd)}, figs / "curves.png")
+    plot_confusion(ev.confusion, figs / "confusion.png")
+    _f1_bars(ev.per_class, figs / "per_class_f1.png")
+
+    products = load_source(cfg.data, require_label=False)
+    lookup = {str(i): (p[0] if p else None, str(t)) for i, p, t in zip(products.ids, products.image_paths, products.texts)}
+    p_pred = probs.max(1)
+    wrong = np.flatnonzero(oof["label"].to_numpy() != oof["pred"].to_numpy())
+    worst = wrong[np.argsort(-p_pred[wrong])][:n_errors]
+    cards = []
+    for i in worst:
+        pid = oof["id"].iat[i]
+        path, text = lookup.get(pid, (None, ""))
+        true_p = probs[i, classes.index(oof["label"].iat[i])] if oof["label"].iat[i] in classes else float("nan")
+        cards.append(
+            f'<div class="card"><img src="{_thumb_uri(path, products.roots)}" alt="{html.escape(pid)}">'
+            f'<div class="muted">{html.escape(pid)}</div><div>{html.escape(text[:80])}</div>'
+            f'<div class="true">true: {html.escape(oof["label"].iat[i])} ({true_p:.2f})</div>'
+            f'<div class="pred">predicted: {html.escape(oof["pred"].iat[i])} ({p_pred[i]:.2f})</div></div>')
+    m = ev.metrics
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>aisle report: {html.escape(rd.name)}</title>
+<style>{_CSS}</style></head><body>
+<h1 id="title">aisle report: {html.escape(rd.name)}</h1>
+<p>{html.escape(cfg.model.type)} model{', ' + html.escape(cfg.model.fusion) + ' fusion' if cfg.model.type in ('fusion', 'dual') else ''};
+{summary['params']['total']:,} parameters; out-of-fold accuracy <b>{m['acc']:.4f}</b>, macro-F1 <b>{m['macro_f1']:.4f}</b>
+over {ev.n_scored:,} training rows.</p>
+<h2>Cross-validation</h2>{_metrics_table(summary)}
+<h2>Training curves</h2><img class="plot" src="{_png_uri(figs / 'curves.png')}" alt="curves">
+<h2>Out-of-fold confusion matrix</h2><img class="plot" src="{_png_uri(figs / 'confusion.png')}" alt="confusion matrix">
+<h2>Per-class F1</h2><img class="plot" src="{_png_uri(figs / 'per_class_f1.png')}" alt="per-class F1">
+<h2>Most confident errors ({len(worst)} of {len(wrong):,} out-of-fold errors)</h2>
+<div class="gallery" id="errors">{''.join(cards) or '<p>No errors.</p>'}</div>
+<h2>Configuration</h2><pre>{html.escape((rd / 'config.yaml').read_text())}</pre>
+</body></html>"""
+    target = Path(out) if out is not None else rd / "report.html"
+    target.write_text(page)
+    return target
