@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/aisle demo-data $(DEMO_DIR) --n-train 600 --n-test 200
-	$(VENV)/bin/aisle check --config configs/demo.yaml --out $(DEMO_DIR)/check
-	$(VENV)/bin/aisle train --config configs/demo.yaml --overwrite
+	$(VENV)/bin/aisle check --config configs/demo.yaml --set data.train_csv=$(DEMO_DIR)/train.csv --out $(DEMO_DIR)/check
+	$(VENV)/bin/aisle train --config configs/demo.yaml --set data.train_csv=$(DEMO_DIR)/train.csv --overwrite
+	$(VENV)/bin/aisle predict runs/demo-fusion --data $(DEMO_DIR)/test.csv --tta hflip
+	$(VENV)/bin/aisle evaluate runs/demo-fusion/predictions/probabilities.csv --labels $(DEMO_DIR)/test_labels.csv
+	$(VENV)/bin/aisle report runs/demo-fusion
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
