@@ -133,6 +133,9 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     stages: list[StageConfig] = Field(default_factory=list)
     seed: int = 42
+    feature_cache: bool = True  # frozen towers: encode once, train the head on cached features
+    cache_dir: str = ".aisle_cache"
+    cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=lambda: ["orig"])
     num_workers: int = Field(2, ge=0)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"

@@ -41,6 +41,10 @@ class ProductDataset(Dataset):
         max_images: images per product for ``mean_pool``.
         placeholder_size: size of the placeholder image before the transform.
         max_pixels: decompression-bomb limit.
+        image_features: cached image-tower features, one (N, D) array per view, and the has-image mask (N,):
+            items then carry ``image_features`` (D,) and ``image_mask`` (1,) instead of pixels (training picks
+            a random view per item, evaluation the first).
+        text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
     """
 
     def __init__(
@@ -54,6 +58,8 @@ class ProductDataset(Dataset):
         max_images: int = 4,
         placeholder_size: int = 224,
         max_pixels: int = 89_478_485,
+        image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
+        text_features: np.ndarray | None = None,
     ) -> None:
         self.products = products
         self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
@@ -67,6 +73,7 @@ class ProductDataset(Dataset):
         self.placeholder_size = placeholder_size
         self.max_pixels = max_pixels
         self._warned: set[str] = set()
+        self.image_features, self.text_features = image_features, text_features
 
     def __len__(self) -> int:
         return len(self.products)
@@ -94,7 +101,12 @@ class ProductDataset(Dataset):
         pid = str(self.products.ids[i])
         text = str(self.products.texts[i])
         item: dict[str, object] = {"index": i, "id": pid, "label": int(self.label_index[i]), "text": text}
-        if self.image_transform is not None:
+        if self.image_features is not None:
+            views, has = self.image_features
+            v = np.random.randint(len(views)) if self.train and len(views) > 1 else 0
+            item["image_features"] = torch.from_numpy(np.asarray(views[v][i], dtype=np.float32))  # (D,)
+            item["image_mask"] = torch.tensor([bool(has[i])])  # (1,)
+        elif self.image_transform is not None:
             tensors, mask = [], []
             for path in self._choose_paths(self.products.image_paths[i]):
                 image = self._load(pid, path)
@@ -105,6 +117,8 @@ class ProductDataset(Dataset):
                 mask.append(False)
             item["image"] = torch.stack(tensors)  # (K, 3, H, W)
             item["image_mask"] = torch.tensor(mask, dtype=torch.bool)  # (K,)
-        if self.text_transform is not None:
+        if self.text_features is not None:
+            item["text_features"] = torch.from_numpy(np.asarray(self.text_features[i], dtype=np.float32))  # (D,)
+        elif self.text_transform is not None:
             item.update(self.text_transform(text))
         return item

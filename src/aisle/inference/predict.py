@@ -85,30 +85,80 @@ def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None
     return [None] + [TTA_POLICIES.get(name) for name in tta]
 
 
+def _shared_features(run_dir: Path, models: dict[int, ProductClassifier], products: Products, cfg: AisleConfig,
+                     tta: list[str], scales: list[int], batch_size: int) -> dict:
+    """Features of towers that training never changed (every fold holds the run's initial weights: frozen),
+    encoded once for all folds and kept in the feature cache: {("image", size, view): (feats, has_image),
+    ("text",): feats}."""
+    if not cfg.train.feature_cache or not (run_dir / "template.safetensors").is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    from aisle.cache.encode import tower_features
+    from aisle.cache.keys import tower_key, weights_digest
+
+    template = load_file(str(run_dir / "template.safetensors"))
+
+    def frozen(attr: str) -> bool:
+        initial = weights_digest({k[len(attr) + 1:]: v for k, v in template.items() if k.startswith(attr + ".")})
+        return all(weights_digest(getattr(m, attr)) == initial for m in models.values())
+
+    out: dict = {}
+    kw = {"batch_size": batch_size, "num_workers": cfg.train.num_workers, "multi_image": cfg.data.multi_image,
+          "max_images": cfg.data.max_images, "max_pixels": cfg.data.max_image_pixels}
+    first = next(iter(models.values()))
+    if first.image_encoder is not None and frozen("image_encoder"):
+        for size in scales or [None]:
+            s = size or first.image_encoder.preprocess.size
+            key = tower_key(first.image_encoder, {"image_size": s})
+            for view in ["orig", *tta]:
+                out[("image", size, view)] = tower_features(first.image_encoder, products, cfg.train.cache_dir,
+                                                            view=view, image_size=s, key=key, **kw)
+    if first.text_encoder is not None and frozen("text_encoder"):
+        out[("text",)] = tower_features(first.text_encoder, products, cfg.train.cache_dir, **kw)[0]
+    return out
+
+
+def _run(model: ProductClassifier, loader, views: list[Callable | None],
+         progress: Callable[[int], None] | None) -> np.ndarray:
+    """Mean softmax over ``views`` (functions on the pixel batch; None = as is) for every row of ``loader``."""
+    chunks = []
+    with torch.inference_mode():
+        for batch in loader:
+            acc = 0.0
+            for fn in views:
+                b = dict(batch) if fn is None else {**batch, "image": fn(batch["image"])}
+                acc = acc + torch.softmax(model(b)["logits"].float(), -1)
+            chunks.append((acc / len(views)).numpy())
+            if progress is not None:
+                progress(len(batch["id"]))
+    return np.concatenate(chunks)
+
+
 def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
-                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
-    has_images = model.image_encoder is not None
-    sizes = (scales or [None]) if has_images else [None]
-    views = _views(tta) if has_images else [None]
-    total = None
-    for size in sizes:
-        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, image_size=size)
-        chunks = []
-        with torch.inference_mode():
-            for batch in loader:
-                acc = None
-                for view in views:
-                    b = dict(batch)
-                    if view is not None:
-                        b["image"] = view(b["image"])
-                    p = torch.softmax(model(b)["logits"].float(), -1)
-                    acc = p if acc is None else acc + p
-                chunks.append((acc / len(views)).numpy())
-                if progress is not None:
-                    progress(len(batch["id"]))
-        probs = np.concatenate(chunks)
-        total = probs if total is None else total + probs
-    return total / len(sizes)
+                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None,
+                   shared: dict | None = None) -> np.ndarray:
+    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them."""
+    shared = shared or {}
+    text = shared.get(("text",))
+    if model.image_encoder is None:
+        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, text_features=text)
+        return _run(model, loader, [None], progress)
+    names = ["orig", *tta]
+    per_size = []
+    for size in scales or [None]:
+        cached = [shared.get(("image", size, v)) for v in names]
+        if all(c is not None for c in cached):  # one pass per view over cached features: no pixels at all
+            per_view = [_run(model, build_loader(products, None, model, cfg, train=False, batch_size=batch_size,
+                                                 image_features=([f], has), text_features=text), [None], progress)
+                        for f, has in cached]
+            per_size.append(np.mean(per_view, axis=0))
+        else:  # decode each image once and apply every view to the batch
+            loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, image_size=size,
+                                  text_features=text)
+            per_size.append(_run(model, loader, [None if v == "orig" else TTA_POLICIES.get(v) for v in names],
+                                 progress))
+    return np.mean(per_size, axis=0)
 
 
 def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[int] | None = None,
@@ -152,8 +202,9 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
         if unseen:
             log.warning("%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
                         products.source, len(unseen), sum(unseen.values()), list(unseen)[:10])
-    fold_probs = {k: _predict_model(m, products, cfg, tta, scales, batch_size or cfg.infer.batch_size, progress)
-                  for k, m in models.items()}
+    bs = batch_size or cfg.infer.batch_size
+    shared = _shared_features(Path(run_dir), models, products, cfg, tta, scales, bs)
+    fold_probs = {k: _predict_model(m, products, cfg, tta, scales, bs, progress, shared) for k, m in models.items()}
     probs = np.mean(np.stack(list(fold_probs.values())), axis=0)
     schema_file = Path(run_dir) / "schema.json"
     trained_col = json.loads(schema_file.read_text()).get("label_col") if schema_file.is_file() else None

@@ -44,13 +44,14 @@ class ProductClassifier(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
         feats, img, txt = [], None, None
         if self.image_encoder is not None:
-            img = self.image_encoder(batch)  # (B, Di)
+            # cached features of a frozen tower (see aisle.cache) stand in for running it
+            img = batch["image_features"] if "image_features" in batch else self.image_encoder(batch)  # (B, Di)
             if self.missing_image is not None:
                 has = batch["image_mask"].any(1, keepdim=True)  # (B, 1)
                 img = torch.where(has, img, self.missing_image.to(img.dtype).expand_as(img))
             feats.append(img)
         if self.text_encoder is not None:
-            txt = self.text_encoder(batch)  # (B, Dt)
+            txt = batch["text_features"] if "text_features" in batch else self.text_encoder(batch)  # (B, Dt)
             feats.append(txt)
         if self.training and self.modality_dropout > 0 and len(feats) == 2:
             b = feats[0].shape[0]

@@ -109,8 +109,11 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
         sample_w = per_class[y_tr]
     criterion = LOSSES.create("ce", weight=weights, label_smoothing=cfg.train.label_smoothing,
                               aux_weight=cfg.model.aux_loss_weight)
-    train_loader = build_loader(td.products.subset(tr), y_tr, model, cfg, train=True, sample_weights=sample_w)
-    val_loader = build_loader(td.products.subset(va), td.y[va], model, cfg, train=False)
+    img_f, txt_f = _cached_features(model, frozen, td, cfg)
+    train_loader = build_loader(td.products.subset(tr), y_tr, model, cfg, train=True, sample_weights=sample_w,
+                                image_features=_rows(img_f, tr), text_features=None if txt_f is None else txt_f[tr])
+    val_loader = build_loader(td.products.subset(va), td.y[va], model, cfg, train=False,
+                              image_features=_rows(img_f, va, views=1), text_features=None if txt_f is None else txt_f[va])
     steps = math.ceil(len(train_loader) / cfg.train.accumulate_grad_batches) * epochs
 
     # resume: weights, optimizer, schedule and early-stopping state from the last finished epoch
@@ -168,6 +171,33 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
     for name in ("last.safetensors", "last_optim.safetensors", "last_optim.json"):
         (fold_dir / name).unlink(missing_ok=True)  # the fold is finished: its resume state is no longer needed
     return FoldResult(fold, metrics, int(best["epoch"]), seconds)
+
+
+def _cached_features(model: ProductClassifier, frozen: tuple[str, ...], td: TrainingData, cfg: AisleConfig):
+    """Frozen towers' features for every training row, from the feature cache (computed once, reused by
+    every fold, stage and later run). Returns (image: ([views], has_image) or None, text: (N, D) or None)."""
+    if not cfg.train.feature_cache:
+        return None, None
+    from aisle.cache.encode import tower_features
+
+    kw = {"batch_size": cfg.infer.batch_size, "num_workers": cfg.train.num_workers,
+          "multi_image": cfg.data.multi_image, "max_images": cfg.data.max_images,
+          "max_pixels": cfg.data.max_image_pixels}
+    image = text = None
+    if "image_encoder" in frozen:
+        views = [tower_features(model.image_encoder, td.products, cfg.train.cache_dir, view=v, **kw)
+                 for v in cfg.train.cache_views]
+        image = ([f for f, _ in views], views[0][1])
+    if "text_encoder" in frozen:
+        text = tower_features(model.text_encoder, td.products, cfg.train.cache_dir, **kw)[0]
+    return image, text
+
+
+def _rows(image, idx: np.ndarray, views: int | None = None):
+    if image is None:
+        return None
+    feats, has = image
+    return [f[idx] for f in feats[:views]], has[idx]
 
 
 def _restore_optimizer(module: ClassifierModule, trainer: L.Trainer, fold_dir: Path, last: dict) -> None:

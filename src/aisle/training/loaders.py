@@ -36,7 +36,8 @@ class Collate:
 
 def build_loader(products: Products, y: np.ndarray | None, model: ProductClassifier, cfg: AisleConfig,
                  train: bool, sample_weights: np.ndarray | None = None, batch_size: int | None = None,
-                 image_size: int | None = None) -> DataLoader:
+                 image_size: int | None = None, image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
+                 text_features: np.ndarray | None = None) -> DataLoader:
     """A DataLoader whose transforms follow the model's own preprocessing.
 
     Args:
@@ -48,6 +49,7 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
         sample_weights: per-row weights for a WeightedRandomSampler (training only).
         batch_size: overrides ``train.batch_size``.
         image_size: overrides the preprocessing size (multi-scale inference).
+        image_features / text_features: cached tower features (see ``ProductDataset``); no pixels or tokens then.
     """
     pre = image_preprocess(model)
     image_tf = None
@@ -56,7 +58,8 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
     text = model.text_encoder
     ds = ProductDataset(products, y, image_transform=image_tf, multi_image=cfg.data.multi_image, train=train,
                         max_images=cfg.data.max_images, placeholder_size=image_size or (pre.size if pre else 224),
-                        max_pixels=cfg.data.max_image_pixels)
+                        max_pixels=cfg.data.max_image_pixels, image_features=image_features,
+                        text_features=text_features)
     # Data order comes from the loader's own generator (reseeded each epoch by EpochCheckpoint), never from
     # the global RNG, whose draws differ between a trainer's first epoch and later ones (exact resume).
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -64,8 +67,11 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
     if train and sample_weights is not None:
         sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(products),
                                         replacement=True, generator=generator)
-    workers = cfg.train.num_workers
+    # cached features are in memory already: worker processes would only add start-up cost
+    workers = 0 if (image_features is not None or image_tf is None) and (text_features is not None or text is None) \
+        else cfg.train.num_workers
+    tokenize = text.tokenize if text is not None and text_features is None else None
     return DataLoader(ds, batch_size=batch_size or cfg.train.batch_size, shuffle=train and sampler is None,
-                      sampler=sampler, num_workers=workers, collate_fn=Collate(text.tokenize if text else None),
+                      sampler=sampler, num_workers=workers, collate_fn=Collate(tokenize),
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                       drop_last=False, generator=generator)

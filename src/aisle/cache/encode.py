@@ -1,0 +1,80 @@
+"""Encoding products with one frozen tower, through the feature store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from aisle.cache.keys import image_item_keys, text_item_keys, tower_key
+from aisle.cache.store import FeatureStore
+from aisle.data.dataset import ProductDataset
+from aisle.data.products import Products
+from aisle.data.transforms import build_image_transform
+from aisle.inference.tta import TTA_POLICIES
+from aisle.models.base import Tower
+from aisle.training.loaders import Collate
+
+__all__ = ["encode_products", "tower_features"]
+
+log = logging.getLogger(__name__)
+
+
+def encode_products(tower: Tower, products: Products, view: str = "orig", batch_size: int = 64,
+                    num_workers: int = 0, multi_image: str = "first", max_images: int = 4,
+                    image_size: int | None = None, max_pixels: int = 89_478_485,
+                    device: torch.device | str = "cpu",
+                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run a tower over products in eval mode: (features (N, D) float32, has-image mask (N,))."""
+    tower = tower.eval().to(device)
+    image = tower.modality == "image"
+    tf = build_image_transform(image_size or tower.preprocess.size, False, tower.preprocess.mean,
+                               tower.preprocess.std) if image else None
+    ds = ProductDataset(products, image_transform=tf, multi_image="first" if multi_image == "random" else multi_image,
+                        train=False, max_images=max_images, placeholder_size=image_size or 224, max_pixels=max_pixels)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=Collate(None if image else tower.tokenize))
+    flip = TTA_POLICIES.get(view) if view != "orig" else None
+    feats, masks = [], []
+    with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                                enabled=torch.device(device).type == "cuda"):
+        for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            if image and flip is not None:
+                batch["image"] = flip(batch["image"])
+            feats.append(tower(batch).float().cpu().numpy())
+            masks.append(batch["image_mask"].any(1).cpu().numpy() if image else np.ones(len(batch["id"]), bool))
+            if progress is not None:
+                progress(len(batch["id"]))
+    return np.concatenate(feats), np.concatenate(masks)
+
+
+def tower_features(tower: Tower, products: Products, cache_dir: str | Path, view: str = "orig",
+                   batch_size: int = 64, num_workers: int = 0, multi_image: str = "first", max_images: int = 4,
+                   image_size: int | None = None, max_pixels: int = 89_478_485,
+                   key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of a frozen tower for every product, from the cache where present (float16 (N, D), mask (N,)).
+
+    Args:
+        key: the tower's cache key if already known (it hashes the weights; pass it to skip that work).
+    """
+    image = tower.modality == "image"
+    size = image_size or (tower.preprocess.size if image else None)
+    tkey = key or tower_key(tower, {"image_size": size} if image else None)
+    t0 = time.perf_counter()
+    items = (image_item_keys(products.image_paths, multi_image if multi_image != "random" else "first", max_images)
+             if image else text_item_keys(products.texts))
+
+    def compute(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return encode_products(tower, products.subset(positions), view, batch_size, num_workers, multi_image,
+                               max_images, size, max_pixels)
+
+    feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)
+    log.info("%s features (%s view) for %d rows: %d computed, the rest from the cache (%.1f s)", tower.modality,
+             view, len(items), n_new, time.perf_counter() - t0)
+    return feats, masks
