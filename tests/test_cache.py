@@ -1,0 +1,144 @@
+"""Feature cache correctness: equal to uncached, invalidated by exactly what changed, never stale."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from aisle.cache.encode import encode_products, tower_features
+from aisle.config import DataConfig
+from aisle.data.demo import write_demo_catalogue
+from aisle.data.products import load_products
+from aisle.models import IMAGE_TOWERS, TEXT_TOWERS
+
+
+@pytest.fixture()
+def catalogue(tmp_path) -> Path:
+    write_demo_catalogue(tmp_path / "cat", n_train=30, n_test=6, seed=5, image_size=32)
+    return tmp_path / "cat"
+
+
+@pytest.fixture()
+def towers():
+    torch.manual_seed(0)
+    image = IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32)
+    text = TEXT_TOWERS.create("tiny", "bert", texts=["soft wool knit", "silk satin"], max_length=16)
+    return image, text
+
+
+def _products(cat: Path):
+    return load_products(cat / "train.csv", DataConfig())
+
+
+def _close(a, b):
+    return np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-3)
+
+
+def test_cached_equals_uncached_and_second_call_computes_nothing(catalogue, towers, tmp_path, caplog):
+    image, text = towers
+    products = _products(catalogue)
+    for tower in (image, text):
+        direct, has = encode_products(tower, products)
+        cached, has_c = tower_features(tower, products, tmp_path / "c")
+        assert cached.dtype == np.float16 and cached.shape == direct.shape
+        assert _close(cached, direct)
+        assert (has == has_c).all()
+        again, _ = tower_features(tower, products, tmp_path / "c")
+        assert np.array_equal(again, cached)
+    img_has = encode_products(image, products)[1]
+    broken = [i for i, p in enumerate(products.image_paths) if not p or Path(p[0]).stat().st_size == 0]
+    assert broken and not img_has[broken].any(), "missing/empty images are flagged in the mask"
+
+
+def test_hflip_view_differs_and_matches_flipped_pixels(catalogue, towers, tmp_path):
+    image, _ = towers
+    products = _products(catalogue)
+    orig, _ = tower_features(image, products, tmp_path / "c", view="orig")
+    flip, _ = tower_features(image, products, tmp_path / "c", view="hflip")
+    assert not _close(orig, flip)
+    assert _close(flip, encode_products(image, products, view="hflip")[0])
+
+
+def test_changed_image_invalidates_only_that_entry(catalogue, towers, tmp_path):
+    image, _ = towers
+    products = _products(catalogue)
+    before, _ = tower_features(image, products, tmp_path / "c")
+    victim = next(i for i, p in enumerate(products.image_paths) if p and Path(p[0]).stat().st_size > 0)
+    Image.new("RGB", (32, 32), (255, 255, 0)).save(products.image_paths[victim][0])
+    calls = []
+    import aisle.cache.encode as enc
+
+    real = enc.encode_products
+
+    def spy(tower, prods, *a, **k):
+        calls.append(list(prods.ids))
+        return real(tower, prods, *a, **k)
+
+    enc.encode_products = spy
+    try:
+        after, _ = tower_features(image, products, tmp_path / "c")
+    finally:
+        enc.encode_products = real
+    assert calls == [[products.ids[victim]]], "exactly the changed image is encoded again"
+    changed = ~np.all(np.isclose(before.astype(np.float32), after.astype(np.float32)), axis=1)
+    assert changed[victim] and changed.sum() == 1
+
+
+def test_changed_text_model_or_preprocessing_invalidates(catalogue, towers, tmp_path):
+    image, text = towers
+    products = _products(catalogue)
+    t0, _ = tower_features(text, products, tmp_path / "c")
+    products.texts[0] = "completely different words here"
+    t1, _ = tower_features(text, products, tmp_path / "c")
+    assert not _close(t0[0], t1[0]) and _close(t0[1:], t1[1:])
+
+    i0, _ = tower_features(image, products, tmp_path / "c")
+    i_small, _ = tower_features(image, products, tmp_path / "c", image_size=24)  # preprocessing changed
+    assert _close(i_small, encode_products(image, products, image_size=24)[0])
+    assert not _close(i0, i_small)
+    with torch.no_grad():
+        next(image.parameters()).add_(0.5)  # the weights changed
+    i1, _ = tower_features(image, products, tmp_path / "c")
+    assert _close(i1, encode_products(image, products)[0]) and not _close(i0, i1)
+
+
+def test_no_stale_reuse_across_datasets(tmp_path, towers):
+    image, text = towers
+    write_demo_catalogue(tmp_path / "a", n_train=20, n_test=4, seed=6, image_size=32)
+    write_demo_catalogue(tmp_path / "b", n_train=20, n_test=4, seed=7, image_size=32)
+    pa, pb = _products(tmp_path / "a"), _products(tmp_path / "b")
+    assert list(pa.ids) == list(pb.ids), "same ids, different content: the trap a path/id key falls into"
+    fa, _ = tower_features(image, pa, tmp_path / "c")
+    fb, _ = tower_features(image, pb, tmp_path / "c")
+    assert _close(fb, encode_products(image, pb)[0])
+    assert not _close(fa, fb)
+    ta, _ = tower_features(text, pa, tmp_path / "c")
+    tb, _ = tower_features(text, pb, tmp_path / "c")
+    assert _close(tb, encode_products(text, pb)[0])
+
+
+def test_training_with_cache_matches_uncached_head_training(tmp_path):
+    """Stage with frozen towers: cached and uncached runs (same seed, no augmentation difference for text)."""
+    import yaml
+
+    from aisle.cli import main
+
+    write_demo_catalogue(tmp_path / "cat", n_train=40, n_test=4, seed=8, image_size=32)
+    base = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+            "model": {"type": "text", "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
+            "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "cache_dir": str(tmp_path / "cache"),
+                      "stages": [{"name": "s1", "freeze_encoders": True}]}}
+    results = {}
+    for flag in (True, False):
+        cfg = {**base, "train": {**base["train"], "feature_cache": flag}}
+        (tmp_path / f"{flag}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["-q", "train", "-c", str(tmp_path / f"{flag}.yaml"), "--run-dir", str(tmp_path / str(flag))]) == 0
+        results[flag] = pd.read_csv(tmp_path / str(flag) / "s1" / "oof.csv").drop(columns=["id", "fold", "label", "pred"])
+    assert any((tmp_path / "cache").rglob("*.npy"))
+    assert np.allclose(results[True].to_numpy(), results[False].to_numpy(), atol=2e-3)
