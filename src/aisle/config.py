@@ -61,6 +61,8 @@ class DataConfig(_Section):
     image_sep: str = ";"
     multi_image: Literal["first", "random", "mean_pool"] = "first"
     max_images: int = Field(4, ge=1)
+    decoded_cache: bool = False  # decode + resize each image once into a uint8 memory map (large photos)
+    decoded_size: int | None = Field(None, ge=8)  # its side; default 1.15 x the model's image size
     max_image_pixels: int = Field(89_478_485, ge=1)  # PIL's default decompression-bomb limit
     folds: int = Field(5, ge=2)
     fold_col: str = "fold"

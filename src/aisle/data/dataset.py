@@ -45,6 +45,7 @@ class ProductDataset(Dataset):
             items then carry ``image_features`` (D,) and ``image_mask`` (1,) instead of pixels (training picks
             a random view per item, evaluation the first).
         text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
+        decoded: an ``aisle.cache.DecodedImages`` (first image per product, decoded once) to read pixels from.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ProductDataset(Dataset):
         max_pixels: int = 89_478_485,
         image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
         text_features: np.ndarray | None = None,
+        decoded=None,
     ) -> None:
         self.products = products
         self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
@@ -73,7 +75,9 @@ class ProductDataset(Dataset):
         self.placeholder_size = placeholder_size
         self.max_pixels = max_pixels
         self._warned: set[str] = set()
-        self.image_features, self.text_features = image_features, text_features
+        self.image_features, self.text_features, self.decoded = image_features, text_features, decoded
+        if decoded is not None and (multi_image == "mean_pool" or len(decoded) != len(products)):
+            raise ValueError("the decoded image cache holds one image per product: use multi_image first/random")
 
     def __len__(self) -> int:
         return len(self.products)
@@ -87,7 +91,13 @@ class ProductDataset(Dataset):
             return [paths[np.random.randint(len(paths))]]
         return [paths[0]]
 
-    def _load(self, pid: str, path: str | None):
+    def _load(self, pid: str, path: str | None, i: int):
+        if self.decoded is not None:
+            image = self.decoded.image(i)
+            if image is None and pid not in self._warned:
+                self._warned.add(pid)
+                log.warning("product %s: no usable image; using a placeholder", pid)
+            return image
         if path is None:
             image, reason = None, "missing"
         else:
@@ -109,7 +119,7 @@ class ProductDataset(Dataset):
         elif self.image_transform is not None:
             tensors, mask = [], []
             for path in self._choose_paths(self.products.image_paths[i]):
-                image = self._load(pid, path)
+                image = self._load(pid, path, i)
                 mask.append(image is not None)
                 tensors.append(self.image_transform(image if image is not None else placeholder_image(self.placeholder_size)))
             while len(tensors) < self.k:  # pad mean_pool slots

@@ -163,7 +163,8 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
 
 def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[int] | None = None,
             tta: list[str] | None = None, scales: list[int] | None = None, batch_size: int | None = None,
-            image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> Prediction:
+            image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None,
+            feature_cache: bool | None = None) -> Prediction:
     """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
 
     Args:
@@ -176,8 +177,12 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
         batch_size: default the run's ``infer.batch_size``.
         image_dir: image folder (default: the run's ``data.image_dir``, else ``images/`` beside the table).
         progress: called with the number of rows done (per fold and scale).
+        feature_cache: encode towers that training never changed once for all folds, through the feature
+            cache (default: the run's ``train.feature_cache``); False re-encodes per fold.
     """
     cfg, label_map, models = load_fold_models(run_dir, folds)
+    if feature_cache is not None:
+        cfg.train.feature_cache = feature_cache
     data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
     if isinstance(data, pd.DataFrame):
         root = Path(image_dir).parent if image_dir else Path(".")

@@ -83,7 +83,7 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, stage: StageConfig, fold: int,
-             run_dir: Path) -> FoldResult:
+             run_dir: Path, decoded=None) -> FoldResult:
     """Train one fold of one stage, resuming from ``last`` if an earlier run was cut off; returns its metrics."""
     fold_dir = run_dir / stage.name / f"fold_{fold}"
     done = fold_dir / "done.json"
@@ -110,10 +110,13 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
     criterion = LOSSES.create("ce", weight=weights, label_smoothing=cfg.train.label_smoothing,
                               aux_weight=cfg.model.aux_loss_weight)
     img_f, txt_f = _cached_features(model, frozen, td, cfg)
+    dec = (lambda idx: decoded.subset(idx)) if decoded is not None else (lambda idx: None)
     train_loader = build_loader(td.products.subset(tr), y_tr, model, cfg, train=True, sample_weights=sample_w,
-                                image_features=_rows(img_f, tr), text_features=None if txt_f is None else txt_f[tr])
+                                image_features=_rows(img_f, tr), text_features=None if txt_f is None else txt_f[tr],
+                                decoded=dec(tr))
     val_loader = build_loader(td.products.subset(va), td.y[va], model, cfg, train=False,
-                              image_features=_rows(img_f, va, views=1), text_features=None if txt_f is None else txt_f[va])
+                              image_features=_rows(img_f, va, views=1), text_features=None if txt_f is None else txt_f[va],
+                              decoded=dec(va))
     steps = math.ceil(len(train_loader) / cfg.train.accumulate_grad_batches) * epochs
 
     # resume: weights, optimizer, schedule and early-stopping state from the last finished epoch
@@ -300,12 +303,18 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
 
         save_weights(template, rd / "template.safetensors")  # initial weights: a resumed run starts folds identically
     params = _param_counts(template)
+    decoded = None
+    if cfg.data.decoded_cache and template.image_encoder is not None:
+        from aisle.cache.decoded import DecodedImages
+
+        size = cfg.data.decoded_size or round(1.15 * template.image_encoder.preprocess.size)
+        decoded = DecodedImages.build(td.products, size, cfg.train.cache_dir, max_pixels=cfg.data.max_image_pixels)
     summaries = {}
     for stage in _stages(cfg):
         results = []
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-            results.append(fit_fold(template, td, cfg, stage, k, rd))
+            results.append(fit_fold(template, td, cfg, stage, k, rd, decoded))
         oof = pd.concat([pd.read_csv(rd / stage.name / f"fold_{k}" / "oof.csv") for k in chosen])
         oof.to_csv(rd / stage.name / "oof.csv", index=False)
         summaries[stage.name] = _summarise(results, stage.name, params)

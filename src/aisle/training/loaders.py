@@ -37,7 +37,7 @@ class Collate:
 def build_loader(products: Products, y: np.ndarray | None, model: ProductClassifier, cfg: AisleConfig,
                  train: bool, sample_weights: np.ndarray | None = None, batch_size: int | None = None,
                  image_size: int | None = None, image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
-                 text_features: np.ndarray | None = None) -> DataLoader:
+                 text_features: np.ndarray | None = None, decoded=None) -> DataLoader:
     """A DataLoader whose transforms follow the model's own preprocessing.
 
     Args:
@@ -50,6 +50,7 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
         batch_size: overrides ``train.batch_size``.
         image_size: overrides the preprocessing size (multi-scale inference).
         image_features / text_features: cached tower features (see ``ProductDataset``); no pixels or tokens then.
+        decoded: ``DecodedImages`` for these rows (pixels decoded once, read from a memory map).
     """
     pre = image_preprocess(model)
     image_tf = None
@@ -59,7 +60,7 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
     ds = ProductDataset(products, y, image_transform=image_tf, multi_image=cfg.data.multi_image, train=train,
                         max_images=cfg.data.max_images, placeholder_size=image_size or (pre.size if pre else 224),
                         max_pixels=cfg.data.max_image_pixels, image_features=image_features,
-                        text_features=text_features)
+                        text_features=text_features, decoded=decoded if image_features is None else None)
     # Data order comes from the loader's own generator (reseeded each epoch by EpochCheckpoint), never from
     # the global RNG, whose draws differ between a trainer's first epoch and later ones (exact resume).
     generator = torch.Generator().manual_seed(cfg.train.seed)
