@@ -46,6 +46,8 @@ class ProductDataset(Dataset):
             a random view per item, evaluation the first).
         text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
         decoded: an ``aisle.cache.DecodedImages`` (first image per product, decoded once) to read pixels from.
+        tokens: pre-tokenized texts (``{"input_ids": (N, T), "attention_mask": (N, T)}``) used instead of
+            ``text_transform``.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ProductDataset(Dataset):
         image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
         text_features: np.ndarray | None = None,
         decoded=None,
+        tokens: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.products = products
         self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
@@ -76,6 +79,7 @@ class ProductDataset(Dataset):
         self.max_pixels = max_pixels
         self._warned: set[str] = set()
         self.image_features, self.text_features, self.decoded = image_features, text_features, decoded
+        self.tokens = tokens
         if decoded is not None and (multi_image == "mean_pool" or len(decoded) != len(products)):
             raise ValueError("the decoded image cache holds one image per product: use multi_image first/random")
 
@@ -129,6 +133,8 @@ class ProductDataset(Dataset):
             item["image_mask"] = torch.tensor(mask, dtype=torch.bool)  # (K,)
         if self.text_features is not None:
             item["text_features"] = torch.from_numpy(np.asarray(self.text_features[i], dtype=np.float32))  # (D,)
+        elif self.tokens is not None:
+            item.update({k: torch.from_numpy(v[i]) for k, v in self.tokens.items()})
         elif self.text_transform is not None:
             item.update(self.text_transform(text))
         return item

@@ -19,7 +19,7 @@ from aisle.inference.tta import TTA_POLICIES
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier
 from aisle.training.checkpoint import load_weights
-from aisle.training.loaders import build_loader
+from aisle.training.loaders import build_loader, pretokenize
 
 __all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
 
@@ -138,11 +138,30 @@ def _run(model: ProductClassifier, loader, views: list[Callable | None],
 def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
                    scales: list[int], batch_size: int, progress: Callable[[int], None] | None,
                    shared: dict | None = None) -> np.ndarray:
-    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them."""
+    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them.
+
+    Texts are tokenized once, and rows run sorted by token count so each batch pads only to its own longest.
+    """
     shared = shared or {}
     text = shared.get(("text",))
+    if model.text_encoder is not None and text is None:
+        tokens = pretokenize(model.text_encoder, products.texts)
+        order = np.argsort(tokens["attention_mask"].sum(1), kind="stable")
+        inverse = np.argsort(order)
+        sorted_shared = {k: ((v[0][order], v[1][order]) if k[0] == "image" else v[order]) for k, v in shared.items()}
+        probs = _predict_sorted(model, products.subset(order), cfg, tta, scales, batch_size, progress,
+                                sorted_shared, {k: v[order] for k, v in tokens.items()})
+        return probs[inverse]
+    return _predict_sorted(model, products, cfg, tta, scales, batch_size, progress, shared, None)
+
+
+def _predict_sorted(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
+                    scales: list[int], batch_size: int, progress: Callable[[int], None] | None, shared: dict,
+                    tokens: dict[str, np.ndarray] | None) -> np.ndarray:
+    text = shared.get(("text",))
     if model.image_encoder is None:
-        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, text_features=text)
+        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, text_features=text,
+                              tokens=tokens)
         return _run(model, loader, [None], progress)
     names = ["orig", *tta]
     per_size = []
@@ -150,12 +169,13 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
         cached = [shared.get(("image", size, v)) for v in names]
         if all(c is not None for c in cached):  # one pass per view over cached features: no pixels at all
             per_view = [_run(model, build_loader(products, None, model, cfg, train=False, batch_size=batch_size,
-                                                 image_features=([f], has), text_features=text), [None], progress)
+                                                 image_features=([f], has), text_features=text, tokens=tokens),
+                             [None], progress)
                         for f, has in cached]
             per_size.append(np.mean(per_view, axis=0))
         else:  # decode each image once and apply every view to the batch
             loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, image_size=size,
-                                  text_features=text)
+                                  text_features=text, tokens=tokens)
             per_size.append(_run(model, loader, [None if v == "orig" else TTA_POLICIES.get(v) for v in names],
                                  progress))
     return np.mean(per_size, axis=0)

@@ -43,6 +43,7 @@ class Tower(nn.Module):
 
     output_dim: int
     modality: str  # "image" or "text"
+    fixed_length: bool = False  # text towers whose inputs must keep their full padded length (SigLIP, OpenCLIP)
 
     def blocks(self) -> list[nn.Module]:
         """The encoder's blocks in input-to-output order, for ``train_last_n_blocks``."""

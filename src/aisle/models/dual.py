@@ -58,6 +58,7 @@ class _HFTextView(Tower):
         super().__init__()
         self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
         self.tokenizer, self.max_length, self.pad_to_max = tokenizer, max_length, pad_to_max
+        self.fixed_length = pad_to_max
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         # SigLIP was trained on max-length padding; CLIP on the longest in the batch.
@@ -149,6 +150,7 @@ def hf_siglip(name: str, pretrained: bool = True, max_length: int = 64, texts: S
 
 class _OpenClipTextView(Tower):
     modality = "text"
+    fixed_length = True  # encode_text pools at the EOT position of a fixed context
 
     def __init__(self, clip: nn.Module, tokenizer: Any, output_dim: int) -> None:
         super().__init__()

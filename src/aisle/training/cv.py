@@ -24,7 +24,7 @@ from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, save_model_assets, set_trainable
 from aisle.training.callbacks import EpochCheckpoint, seed_epoch
 from aisle.training.checkpoint import load_optimizer_state, load_weights, read_json, write_json
-from aisle.training.loaders import build_loader
+from aisle.training.loaders import build_loader, pretokenize
 from aisle.training.losses import LOSSES, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
 
@@ -83,7 +83,7 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, stage: StageConfig, fold: int,
-             run_dir: Path, decoded=None) -> FoldResult:
+             run_dir: Path, decoded=None, tokens: dict[str, np.ndarray] | None = None) -> FoldResult:
     """Train one fold of one stage, resuming from ``last`` if an earlier run was cut off; returns its metrics."""
     fold_dir = run_dir / stage.name / f"fold_{fold}"
     done = fold_dir / "done.json"
@@ -111,12 +111,13 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
                               aux_weight=cfg.model.aux_loss_weight)
     img_f, txt_f = _cached_features(model, frozen, td, cfg)
     dec = (lambda idx: decoded.subset(idx)) if decoded is not None else (lambda idx: None)
+    tok = (lambda idx: {k: v[idx] for k, v in tokens.items()}) if tokens is not None else (lambda idx: None)
     train_loader = build_loader(td.products.subset(tr), y_tr, model, cfg, train=True, sample_weights=sample_w,
                                 image_features=_rows(img_f, tr), text_features=None if txt_f is None else txt_f[tr],
-                                decoded=dec(tr))
+                                decoded=dec(tr), tokens=tok(tr))
     val_loader = build_loader(td.products.subset(va), td.y[va], model, cfg, train=False,
                               image_features=_rows(img_f, va, views=1), text_features=None if txt_f is None else txt_f[va],
-                              decoded=dec(va))
+                              decoded=dec(va), tokens=tok(va))
     steps = math.ceil(len(train_loader) / cfg.train.accumulate_grad_batches) * epochs
 
     # resume: weights, optimizer, schedule and early-stopping state from the last finished epoch
@@ -309,12 +310,13 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
 
         size = cfg.data.decoded_size or round(1.15 * template.image_encoder.preprocess.size)
         decoded = DecodedImages.build(td.products, size, cfg.train.cache_dir, max_pixels=cfg.data.max_image_pixels)
+    tokens = pretokenize(template.text_encoder, td.products.texts) if template.text_encoder is not None else None
     summaries = {}
     for stage in _stages(cfg):
         results = []
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-            results.append(fit_fold(template, td, cfg, stage, k, rd, decoded))
+            results.append(fit_fold(template, td, cfg, stage, k, rd, decoded, tokens))
         oof = pd.concat([pd.read_csv(rd / stage.name / f"fold_{k}" / "oof.csv") for k in chosen])
         oof.to_csv(rd / stage.name / "oof.csv", index=False)
         summaries[stage.name] = _summarise(results, stage.name, params)
