@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -19,3 +20,9 @@ def setup_logging(level: int = logging.INFO, console: Console | None = None) -> 
     root.setLevel(level)
     root.propagate = False
     logging.captureWarnings(True)
+    # Lightning's banners (accelerator summary, product tips) are noise next to our own progress lines
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # frozen towers are kept in eval mode on purpose (BatchNorm statistics, dropout)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")

@@ -18,7 +18,7 @@ from aisle.data.products import Products, find_image_dir, load_products, product
 from aisle.inference.tta import TTA_POLICIES
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier
-from aisle.training.checkpoint import load_weights
+from aisle.training.checkpoint import excluded_prefixes, load_checkpoint
 from aisle.training.loaders import build_loader, pretokenize
 
 __all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
@@ -77,7 +77,7 @@ def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
     models = {}
     for k in chosen:
         model = create_classifier(cfg.model, len(label_map), assets=rd / "assets")
-        models[k] = load_weights(model, stage / f"fold_{k}" / "best.safetensors").eval()
+        models[k] = load_checkpoint(model, stage / f"fold_{k}" / "best.safetensors", rd / "template.safetensors").eval()
     return cfg, label_map, models
 
 
@@ -92,16 +92,15 @@ def _shared_features(run_dir: Path, models: dict[int, ProductClassifier], produc
     ("text",): feats}."""
     if not cfg.train.feature_cache or not (run_dir / "template.safetensors").is_file():
         return {}
-    from safetensors.torch import load_file
-
     from aisle.cache.encode import tower_features
-    from aisle.cache.keys import tower_key, weights_digest
+    from aisle.cache.keys import tower_key
 
-    template = load_file(str(run_dir / "template.safetensors"))
+    stage = _final_stage(run_dir, cfg)
+    # a fold checkpoint leaves out exactly the towers its training never changed (they are the template's)
+    left_out = [set(excluded_prefixes(stage / f"fold_{k}" / "best.safetensors")) for k in models]
 
     def frozen(attr: str) -> bool:
-        initial = weights_digest({k[len(attr) + 1:]: v for k, v in template.items() if k.startswith(attr + ".")})
-        return all(weights_digest(getattr(m, attr)) == initial for m in models.values())
+        return all(f"{attr}." in s for s in left_out)
 
     out: dict = {}
     kw = {"batch_size": batch_size, "num_workers": cfg.train.num_workers, "multi_image": cfg.data.multi_image,

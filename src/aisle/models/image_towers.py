@@ -49,7 +49,10 @@ class TimmImageTower(Tower):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = batch["image"]  # (B, K, 3, H, W)
         b, k = images.shape[:2]
-        feats = self.model(images.flatten(0, 1))  # (B*K, D)
+        flat = images.flatten(0, 1)
+        if getattr(self, "channels_last", False):
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        feats = self.model(flat)  # (B*K, D)
         return masked_mean(feats.view(b, k, -1), batch["image_mask"])  # (B, D)
 
     def blocks(self) -> list[nn.Module]:

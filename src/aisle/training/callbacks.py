@@ -34,13 +34,15 @@ class EpochCheckpoint(L.Callback):
         epoch_offset: epochs already done before this fit (resume).
         best_score: the best monitored value so far (resume).
         generator: the training DataLoader's generator, reseeded with the epoch seed.
+        exclude: state-dict prefixes of frozen towers, left out of the checkpoints (they equal the template).
         seed: each epoch reseeds with ``seed + epoch`` (before its data order is drawn), so a resumed run
             replays exactly what an uninterrupted run would have done.
     """
 
     def __init__(self, fold_dir: Path, monitor: str, epoch_offset: int = 0, best_score: float | None = None,
-                 seed: int = 0, generator: torch.Generator | None = None) -> None:
+                 seed: int = 0, generator: torch.Generator | None = None, exclude: tuple[str, ...] = ()) -> None:
         self.fold_dir, self.monitor, self.seed, self.generator = fold_dir, monitor, seed, generator
+        self.exclude = exclude
         self.mode = "min" if monitor == "val_loss" else "max"
         self.epoch_offset, self.best_score = epoch_offset, best_score
         self._t0 = time.perf_counter()
@@ -76,10 +78,10 @@ class EpochCheckpoint(L.Callback):
         value = m.get(self.monitor)
         if value is not None and self._better(value):
             self.best_score = value
-            save_weights(pl_module.model, self.fold_dir / "best.safetensors")
+            save_weights(pl_module.model, self.fold_dir / "best.safetensors", exclude=self.exclude)
             write_json(self.fold_dir / "best.json", {"epoch": epoch, "monitor": self.monitor, "score": value,
                                                      "metrics": {k: v for k, v in m.items()}})
-        save_weights(pl_module.model, self.fold_dir / "last.safetensors")
+        save_weights(pl_module.model, self.fold_dir / "last.safetensors", exclude=self.exclude)
         save_optimizer_state(trainer.optimizers[0], self.fold_dir / "last_optim.safetensors")
         sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         es = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)

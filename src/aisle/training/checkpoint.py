@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["load_optimizer_state", "load_weights", "read_json", "save_optimizer_state", "save_weights", "write_json"]
+__all__ = ["excluded_prefixes", "load_checkpoint", "load_optimizer_state", "load_weights", "read_json", "save_optimizer_state", "save_weights", "write_json"]
 
 
 def _atomic(path: Path, write) -> None:
@@ -31,18 +32,28 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """``model.state_dict()`` as safetensors (shared tensors stored once, contiguous CPU copies)."""
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None,
+                 exclude: tuple[str, ...] = ()) -> Path:
+    """``model.state_dict()`` as safetensors (contiguous CPU copies).
+
+    Args:
+        exclude: state-dict prefixes left out (frozen towers, identical to the run's ``template.safetensors``);
+            they are recorded in the file's metadata so loading knows to take them from the template.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+             if not k.startswith(exclude)}
+    meta = {k: json.dumps(v) for k, v in {**(metadata or {}), "excluded": list(exclude)}.items()}
     _atomic(p, lambda t: save_file(state, str(t), metadata=meta))
     return p
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Load safetensors weights (never unpickles).
+
+    A checkpoint saved with ``exclude`` leaves those parts of ``model`` as they are: load the run's template
+    first (see :func:`load_checkpoint`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -53,9 +64,24 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     state = load_file(str(p))
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(tuple(excluded_prefixes(p)))]
     if strict and (missing or unexpected):
         raise ValueError(f"checkpoint {p} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+def excluded_prefixes(path: str | Path) -> list[str]:
+    """The state-dict prefixes a checkpoint left out (taken from the run's template when loading)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("excluded", "[]"))
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, template: str | Path) -> nn.Module:
+    """Load a fold checkpoint into a freshly built model: the template first when the checkpoint left parts out."""
+    if excluded_prefixes(path):
+        load_weights(model, template)
+    return load_weights(model, path)
 
 
 def save_optimizer_state(opt: torch.optim.Optimizer, path: str | Path) -> None:

@@ -23,7 +23,7 @@ from aisle.evaluation.metrics import classification_metrics
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, save_model_assets, set_trainable
 from aisle.training.callbacks import EpochCheckpoint, seed_epoch
-from aisle.training.checkpoint import load_optimizer_state, load_weights, read_json, write_json
+from aisle.training.checkpoint import excluded_prefixes, load_optimizer_state, load_weights, read_json, write_json
 from aisle.training.loaders import build_loader, pretokenize
 from aisle.training.losses import LOSSES, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
@@ -77,6 +77,17 @@ def _apply_freezing(model: ProductClassifier, cfg: AisleConfig, stage: StageConf
     return tuple(frozen)
 
 
+def _speed_switches(model: ProductClassifier, cfg: AisleConfig) -> None:
+    """GPU settings that change speed, not results: channels-last image towers, torch.compile."""
+    if cfg.train.channels_last and torch.cuda.is_available() and model.image_encoder is not None:
+        model.image_encoder.to(memory_format=torch.channels_last)
+        model.image_encoder.channels_last = True
+    if cfg.train.compile:
+        for tower in (model.image_encoder, model.text_encoder):
+            if tower is not None:
+                tower.compile()  # in place: state_dict keys stay the same
+
+
 def _param_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -96,9 +107,15 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
     L.seed_everything(cfg.train.seed + fold, workers=True, verbose=False)
 
     model = copy.deepcopy(template)
+    as_template = {"image_encoder.", "text_encoder."}  # towers still holding the template's weights
     if stage.init_from is not None:
-        load_weights(model, run_dir / stage.init_from / f"fold_{fold}" / "best.safetensors")
+        init = run_dir / stage.init_from / f"fold_{fold}" / "best.safetensors"
+        load_weights(model, init)
+        as_template &= set(excluded_prefixes(init))
     frozen = _apply_freezing(model, cfg, stage)
+    # checkpoints leave out frozen towers that still equal the template (no copy of a ViT-L per epoch)
+    exclude = tuple(f"{name}." for name in frozen if f"{name}." in as_template)
+    _speed_switches(model, cfg)
 
     tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
     y_tr = td.y[tr]
@@ -135,7 +152,8 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
     callbacks: list[L.Callback] = [EpochCheckpoint(fold_dir, cfg.train.early_stopping_metric, offset,
                                                    last["best_score"] if last else None,
                                                    seed=cfg.train.seed + 1000 * fold,
-                                                   generator=train_loader.generator)]
+                                                   generator=train_loader.generator,
+                                                   exclude=exclude)]
     if cfg.train.early_stopping_patience:
         mode = "min" if cfg.train.early_stopping_metric == "val_loss" else "max"
         es = L.pytorch.callbacks.EarlyStopping(cfg.train.early_stopping_metric, patience=cfg.train.early_stopping_patience,
