@@ -31,12 +31,13 @@ def stratified_subset(rows: int, seed: int = 0, min_per_class: int = 5) -> pd.Da
 
 
 def fusion_config(train_csv: Path, cache_dir: Path, kind: str = "fusion", image_size: int = 128, folds: int = 2,
-                  epochs: int = 5, cache: bool = True, train_folds: list[int] | None = None) -> dict:
+                  epochs: int = 5, cache: bool = True, train_folds: list[int] | None = None,
+                  fusion: str = "concat") -> dict:
     return {
         "name": kind,
         "data": {"train_csv": str(train_csv), "image_dir": str(DATA / "images"), "text_cols": ["title"],
                  "folds": folds},
-        "model": {"type": kind, "image_size": image_size, "head_hidden": 512, "dropout": 0.2,
+        "model": {"type": kind, "image_size": image_size, "head_hidden": 512, "dropout": 0.2, "fusion": fusion,
                   "image": {"name": f"timm:local-dir:{LITE0}"},
                   "text": {"name": f"hf:{MINILM}", "pooler": "mean", "max_length": 32}},
         "train": {"epochs": epochs, "batch_size": 64, "num_workers": 2, "lr": {"default": 2e-3},

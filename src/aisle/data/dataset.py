@@ -105,7 +105,9 @@ class ProductDataset(Dataset):
         if path is None:
             image, reason = None, "missing"
         else:
-            image, reason = open_image(path, self.products.roots, self.max_pixels)
+            # JPEGs decode at the smallest DCT scale still >= the working size: big photos decode several times faster
+            draft = (self.placeholder_size, self.placeholder_size)
+            image, reason = open_image(path, self.products.roots, self.max_pixels, draft=draft)
         if image is None and pid not in self._warned:
             self._warned.add(pid)
             log.warning("product %s: image %s unusable (%s); using a placeholder", pid, path or "<none>", reason)

@@ -27,14 +27,19 @@ class _Fusion(nn.Module):
 
 @FUSIONS.register("concat")
 class ConcatFusion(_Fusion):
-    """Concatenate the towers' features, then the MLP head."""
+    """Normalise each tower's features on its own, concatenate, then the MLP head.
+
+    Per-tower LayerNorm matters: towers' feature scales differ by orders of magnitude (a CNN's pooled
+    activations vs a sentence embedding), and one joint normalisation lets the larger one drown the other.
+    """
 
     def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
         super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
         self.head = mlp_head(sum(dims), num_classes, hidden, dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.head(torch.cat(feats, dim=-1)), []
+        return self.head(torch.cat([n(f) for n, f in zip(self.norms, feats)], dim=-1)), []
 
 
 @FUSIONS.register("sum")
@@ -43,7 +48,7 @@ class SumFusion(_Fusion):
 
     def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
         super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
-        self.proj = nn.ModuleList(nn.Linear(d, fusion_dim) for d in dims)
+        self.proj = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, fusion_dim)) for d in dims)
         self.head = mlp_head(fusion_dim, num_classes, hidden, dropout)
 
     def forward(self, feats):
@@ -56,7 +61,7 @@ class GatedFusion(_Fusion):
 
     def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
         super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
-        self.proj = nn.ModuleList(nn.Linear(d, fusion_dim) for d in dims)
+        self.proj = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, fusion_dim)) for d in dims)
         self.gate = nn.Linear(fusion_dim * len(dims), len(dims))
         self.head = mlp_head(fusion_dim, num_classes, hidden, dropout)
 
