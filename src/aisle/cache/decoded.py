@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from aisle.cache.keys import image_item_keys
@@ -43,9 +44,10 @@ class DecodedImages:
     def subset(self, index: np.ndarray) -> DecodedImages:
         return DecodedImages(self.pixels, self.mask, self.rows[index])
 
-    def image(self, i: int) -> Image.Image | None:
+    def image(self, i: int) -> torch.Tensor | None:
+        """Row ``i`` as a uint8 (3, S, S) tensor (torchvision's transforms take it as an image), or None."""
         r = self.rows[i]
-        return Image.fromarray(np.asarray(self.pixels[r])) if self.mask[r] else None
+        return torch.from_numpy(np.array(self.pixels[r])).permute(2, 0, 1) if self.mask[r] else None
 
     @classmethod
     def build(cls, products: Products, size: int, cache_dir: str | Path, workers: int = 4,

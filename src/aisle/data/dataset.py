@@ -46,6 +46,8 @@ class ProductDataset(Dataset):
             a random view per item, evaluation the first).
         text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
         decoded: an ``aisle.cache.DecodedImages`` (first image per product, decoded once) to read pixels from.
+        jpeg_draft: decode JPEGs at the smallest DCT scale that is still >= ``placeholder_size`` (much faster
+            for large photos; False decodes at full resolution).
         tokens: pre-tokenized texts (``{"input_ids": (N, T), "attention_mask": (N, T)}``) used instead of
             ``text_transform``.
     """
@@ -65,6 +67,7 @@ class ProductDataset(Dataset):
         text_features: np.ndarray | None = None,
         decoded=None,
         tokens: dict[str, np.ndarray] | None = None,
+        jpeg_draft: bool = True,
     ) -> None:
         self.products = products
         self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
@@ -79,7 +82,7 @@ class ProductDataset(Dataset):
         self.max_pixels = max_pixels
         self._warned: set[str] = set()
         self.image_features, self.text_features, self.decoded = image_features, text_features, decoded
-        self.tokens = tokens
+        self.tokens, self.jpeg_draft = tokens, jpeg_draft
         if decoded is not None and (multi_image == "mean_pool" or len(decoded) != len(products)):
             raise ValueError("the decoded image cache holds one image per product: use multi_image first/random")
 
@@ -106,7 +109,7 @@ class ProductDataset(Dataset):
             image, reason = None, "missing"
         else:
             # JPEGs decode at the smallest DCT scale still >= the working size: big photos decode several times faster
-            draft = (self.placeholder_size, self.placeholder_size)
+            draft = (self.placeholder_size, self.placeholder_size) if self.jpeg_draft else None
             image, reason = open_image(path, self.products.roots, self.max_pixels, draft=draft)
         if image is None and pid not in self._warned:
             self._warned.add(pid)
