@@ -25,6 +25,12 @@ __all__ = ["encode_products", "tower_features"]
 log = logging.getLogger(__name__)
 
 
+def encode_batch_size(requested: int) -> int:
+    """Batch size for a frozen-tower pass: on CPUs small batches stay in cache (EfficientNet-Lite0 at 128 px on
+    2 cores: 32 rows/batch was 1.4x faster than 128); GPUs take the requested size."""
+    return requested if torch.cuda.is_available() else min(requested, 32)
+
+
 def encode_products(tower: Tower, products: Products, view: str = "orig", batch_size: int = 64,
                     num_workers: int = 0, multi_image: str = "first", max_images: int = 4,
                     image_size: int | None = None, max_pixels: int = 89_478_485,
@@ -37,7 +43,7 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
                                tower.preprocess.std) if image else None
     ds = ProductDataset(products, image_transform=tf, multi_image="first" if multi_image == "random" else multi_image,
                         train=False, max_images=max_images, placeholder_size=image_size or 224, max_pixels=max_pixels)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ds, batch_size=encode_batch_size(batch_size), num_workers=num_workers,
                         collate_fn=Collate(None if image else tower.tokenize))
     flip = TTA_POLICIES.get(view) if view != "orig" else None
     feats, masks = [], []

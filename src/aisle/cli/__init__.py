@@ -94,7 +94,8 @@ def train(
             summary = run_cv(cfg, run_dir=run_dir, overwrite=overwrite, folds=fold)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))
-    render_cv(summary, console)
+    if summary:  # empty in the extra processes of a multi-process (DDP) run
+        render_cv(summary, console)
 
 
 @app.command()

@@ -256,6 +256,11 @@ def _summarise(results: list[FoldResult], stage: str, params: dict[str, int]) ->
             "mean": mean, "std": std, "train_seconds": round(sum(r.seconds for r in results), 2), "params": params}
 
 
+def is_rank_zero() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts (they re-run the same command)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 def prepare_run_dir(cfg: AisleConfig, run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -284,7 +289,8 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         The CV summary of the last stage (also in ``run_dir/cv_summary.json``), with every stage under ``stages``.
     """
     rd = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
-    if resume:
+    lead = is_rank_zero()  # other DDP ranks train alongside but write nothing (rank 0 prepared the folder)
+    if resume or not lead:
         if not (rd / "config.yaml").exists():
             raise FileNotFoundError(f"{rd} is not a run folder (no config.yaml); nothing to resume")
         cfg = load_config(rd / "config.yaml")
@@ -299,12 +305,13 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
             cfg.data.train_csv, cfg.data.class_folder = str((rd / "train_data.csv").resolve()), None
             cfg.data.data_root = str(Path(base_dir).resolve())  # relative image paths keep their root
             save_config(cfg, rd / "config.yaml")
-    td = load_training_data(cfg.data, frame=frame, base_dir=base_dir)
-    td.label_map.save(rd / "label_map.json")
-    sch = td.products.schema
-    write_json(rd / "schema.json", {"id_col": sch.id_col, "label_col": sch.label_col, "text_cols": list(sch.text_cols),
-                                    "image_col": sch.image_col})
-    pd.DataFrame({"id": td.products.ids, "fold": td.folds}).to_csv(rd / "folds.csv", index=False)
+    td = load_training_data(cfg.data, frame=frame if lead else None, base_dir=base_dir)
+    if lead:
+        td.label_map.save(rd / "label_map.json")
+        sch = td.products.schema
+        write_json(rd / "schema.json", {"id_col": sch.id_col, "label_col": sch.label_col,
+                                        "text_cols": list(sch.text_cols), "image_col": sch.image_col})
+        pd.DataFrame({"id": td.products.ids, "fold": td.folds}).to_csv(rd / "folds.csv", index=False)
     chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
     unknown = sorted(set(chosen) - set(td.folds.tolist()))
     if unknown:
@@ -312,9 +319,9 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
 
     L.seed_everything(cfg.train.seed, verbose=False)
     assets = rd / "assets"
-    template = create_classifier(cfg.model, len(td.label_map), td.products.texts,
-                                 assets=assets if resume and (assets / "towers.json").exists() else None)
-    if resume and (rd / "template.safetensors").exists():
+    reuse = (resume or not lead) and (assets / "towers.json").exists()
+    template = create_classifier(cfg.model, len(td.label_map), td.products.texts, assets=assets if reuse else None)
+    if reuse and (rd / "template.safetensors").exists():
         load_weights(template, rd / "template.safetensors")
     else:
         save_model_assets(template, cfg.model, assets)
@@ -335,10 +342,14 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
             results.append(fit_fold(template, td, cfg, stage, k, rd, decoded, tokens))
+        if not lead:
+            continue
         oof = pd.concat([pd.read_csv(rd / stage.name / f"fold_{k}" / "oof.csv") for k in chosen])
         oof.to_csv(rd / stage.name / "oof.csv", index=False)
         summaries[stage.name] = _summarise(results, stage.name, params)
         write_json(rd / stage.name / "cv_summary.json", summaries[stage.name])
+    if not lead:
+        return {}
     summary = {**summaries[_stages(cfg)[-1].name], "run_dir": str(rd), "model_type": cfg.model.type,
                "fusion": cfg.model.fusion, "stages": summaries}
     write_json(rd / "cv_summary.json", summary)
