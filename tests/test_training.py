@@ -132,3 +132,17 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
     hist = pd.read_csv(cut / "main" / "fold_0" / "history.csv")
     assert hist["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_ddp_two_cpu_processes_smoke(tmp_path, catalogue):
+    """Lightning's DDP on CPU (gloo, loopback): the second rank re-runs the command, trains, writes nothing."""
+    cfg = _config(tmp_path, catalogue, epochs=1, accelerator="cpu", devices=2, strategy="ddp", feature_cache=False)
+    rd = tmp_path / "ddp"
+    env = {**os.environ, "AISLE_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(rd)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((rd / "cv_summary.json").read_text())
+    assert set(summary["folds"]) == {"0", "1"}
+    oof = pd.read_csv(rd / "main" / "oof.csv")
+    assert len(oof) == len(pd.read_csv(catalogue / "train.csv"))
