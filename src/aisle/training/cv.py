@@ -185,7 +185,9 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
 
     best = read_json(fold_dir / "best.json")
     load_weights(model, fold_dir / "best.safetensors")
-    probs = predict_probs(model, val_loader)
+    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+    probs = predict_probs(model.to(device), val_loader, device)
+    model.cpu()
     metrics = classification_metrics(td.y[va], probs)
     _write_oof(fold_dir / "oof.csv", td, va, fold, probs)
     write_json(done, {"metrics": metrics, "best_epoch": best["epoch"], "seconds": seconds,
