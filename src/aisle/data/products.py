@@ -56,6 +56,7 @@ class Products:
 
     def subset(self, index: np.ndarray) -> Products:
         """Rows ``index`` (positions) as a new ``Products``."""
+        kept_ids = set(self.ids[index]) if self.refused else set()
         return Products(
             ids=self.ids[index],
             texts=self.texts[index],
@@ -64,7 +65,7 @@ class Products:
             schema=self.schema,
             source=self.source,
             roots=self.roots,
-            refused=[r for r in self.refused if r.id in set(self.ids[index])],
+            refused=[r for r in self.refused if r.id in kept_ids],
             class_texts=self.class_texts,
             frame=None if self.frame is None else self.frame.iloc[index],  # original index: CSV line numbers
         )
