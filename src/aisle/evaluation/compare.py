@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["METRICS", "compare_runs", "run_history", "run_row"]
+__all__ = ["METRICS", "compare_runs", "matplotlib_pyplot", "plot_curves", "run_history", "run_row"]
 
 METRICS = ["acc", "top3", "macro_f1", "macro_precision", "macro_recall"]
 
 
-def _plt():
+def matplotlib_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +64,7 @@ def run_history(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _radar(df: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
+    plt = matplotlib_pyplot()
     angles = np.linspace(0, 2 * np.pi, len(METRICS), endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), subplot_kw={"polar": True})
     for _, r in df.iterrows():
@@ -82,7 +82,7 @@ def _radar(df: pd.DataFrame, path: Path) -> None:
 
 
 def _scatter(df: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
+    plt = matplotlib_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     sc = ax.scatter(df["params"], df["train_seconds"], c=df["macro_f1"], cmap="viridis", s=60)
     for _, r in df.iterrows():
@@ -96,8 +96,8 @@ def _scatter(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
-    plt = _plt()
+def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    plt = matplotlib_pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, h in histories.items():
         if h.empty:
@@ -116,7 +116,7 @@ def _curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
 
 
 def _table(df: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
+    plt = matplotlib_pyplot()
     cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
     cells = [[f"{v:.4f}" if isinstance(v, float) and c in METRICS else
               (f"{v:,.0f}" if isinstance(v, int | float | np.integer | np.floating) else str(v)) for c, v in zip(cols, r)]
@@ -147,6 +147,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> pd.Data
     df.to_csv(out / "comparison.csv", index=False)
     _radar(df, out / "radar.png")
     _scatter(df, out / "params_vs_time.png")
-    _curves({Path(r).name: run_history(r) for r in run_dirs}, out / "curves.png")
+    plot_curves({Path(r).name: run_history(r) for r in run_dirs}, out / "curves.png")
     _table(df, out / "table.png")
     return df

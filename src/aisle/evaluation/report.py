@@ -14,7 +14,7 @@ import pandas as pd
 from aisle.config import load_config
 from aisle.data.images import open_image, placeholder_image
 from aisle.data.prepare import load_source
-from aisle.evaluation.compare import _curves, _plt, run_history
+from aisle.evaluation.compare import plot_curves, matplotlib_pyplot, run_history
 from aisle.evaluation.evaluate import evaluate_probs, plot_confusion
 
 __all__ = ["write_report"]
@@ -47,7 +47,7 @@ def _thumb_uri(path: str | None, roots, size: int = 160) -> str:
 
 
 def _f1_bars(per_class: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = matplotlib_pyplot()
     pc = per_class[per_class["support"] > 0].sort_values("f1-score")
     fig, ax = plt.subplots(figsize=(7, 0.2 * len(pc) + 1.2))
     ax.barh([str(i)[:28] for i in pc.index], pc["f1-score"], color="#4C72B0")
@@ -92,7 +92,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     ev = evaluate_probs(oof["label"].tolist(), probs, classes)
     figs = rd / "report_files"
     figs.mkdir(exist_ok=True)
-    _curves({rd.name: run_history(rd)}, figs / "curves.png")
+    plot_curves({rd.name: run_history(rd)}, figs / "curves.png")
     plot_confusion(ev.confusion, figs / "confusion.png")
     _f1_bars(ev.per_class, figs / "per_class_f1.png")
 
