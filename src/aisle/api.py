@@ -6,7 +6,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from aisle.config import AisleConfig, apply_overrides, load_config, validate_config

@@ -18,6 +18,7 @@ from aisle.config import DataConfig
 from aisle.data.images import MISSING, ImageIssue, ImageProbe, probe_image
 from aisle.data.prepare import load_source
 from aisle.data.products import Products, load_products
+from aisle.evaluation.plotting import pyplot
 
 __all__ = ["CheckReport", "SampleRow", "run_check"]
 
@@ -90,10 +91,7 @@ def _probe_all(products: Products, max_pixels: int, workers: int,
 
 
 def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: int = 128) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from aisle.data.images import open_image, placeholder_image
 
@@ -124,10 +122,7 @@ def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: 
 
 
 def _class_plot(counts: dict[str, int], out: Path, top: int = 40) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     items = sorted(counts.items(), key=lambda kv: -kv[1])
     shown = items if len(items) <= top else items[: top // 2] + items[-top // 2:]

@@ -10,18 +10,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["METRICS", "compare_runs", "matplotlib_pyplot", "plot_curves", "run_history", "run_row"]
+from aisle.evaluation.plotting import pyplot
+
+__all__ = ["METRICS", "compare_runs", "plot_curves", "run_history", "run_row"]
 
 METRICS = ["acc", "top3", "macro_f1", "macro_precision", "macro_recall"]
-
-
-def matplotlib_pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def run_row(run_dir: str | Path) -> dict:
@@ -64,7 +57,7 @@ def run_history(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _radar(df: pd.DataFrame, path: Path) -> None:
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     angles = np.linspace(0, 2 * np.pi, len(METRICS), endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), subplot_kw={"polar": True})
     for _, r in df.iterrows():
@@ -82,7 +75,7 @@ def _radar(df: pd.DataFrame, path: Path) -> None:
 
 
 def _scatter(df: pd.DataFrame, path: Path) -> None:
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     sc = ax.scatter(df["params"], df["train_seconds"], c=df["macro_f1"], cmap="viridis", s=60)
     for _, r in df.iterrows():
@@ -97,7 +90,7 @@ def _scatter(df: pd.DataFrame, path: Path) -> None:
 
 
 def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, h in histories.items():
         if h.empty:
@@ -116,7 +109,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
 
 
 def _table(df: pd.DataFrame, path: Path) -> None:
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
     cells = [[f"{v:.4f}" if isinstance(v, float) and c in METRICS else
               (f"{v:,.0f}" if isinstance(v, int | float | np.integer | np.floating) else str(v)) for c, v in zip(cols, r)]

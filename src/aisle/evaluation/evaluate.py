@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
 
 from aisle.evaluation.metrics import classification_metrics
+from aisle.evaluation.plotting import pyplot
 from aisle.training.checkpoint import write_json
 
 __all__ = ["Evaluation", "evaluate_files", "evaluate_probs", "plot_confusion"]
@@ -41,10 +42,7 @@ def evaluate_probs(y_true: list | np.ndarray, probs: np.ndarray, classes: list[s
 
 def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, max_classes: int = 60) -> Path:
     """Confusion matrix heat map (row-normalised); with many classes, the most confused ones are shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = cm
     if len(cm) > max_classes:

@@ -14,8 +14,9 @@ import pandas as pd
 from aisle.config import load_config
 from aisle.data.images import open_image, placeholder_image
 from aisle.data.prepare import load_source
-from aisle.evaluation.compare import plot_curves, matplotlib_pyplot, run_history
+from aisle.evaluation.compare import plot_curves, run_history
 from aisle.evaluation.evaluate import evaluate_probs, plot_confusion
+from aisle.evaluation.plotting import pyplot
 
 __all__ = ["write_report"]
 
@@ -47,7 +48,7 @@ def _thumb_uri(path: str | None, roots, size: int = 160) -> str:
 
 
 def _f1_bars(per_class: pd.DataFrame, path: Path) -> Path:
-    plt = matplotlib_pyplot()
+    plt = pyplot()
     pc = per_class[per_class["support"] > 0].sort_values("f1-score")
     fig, ax = plt.subplots(figsize=(7, 0.2 * len(pc) + 1.2))
     ax.barh([str(i)[:28] for i in pc.index], pc["f1-score"], color="#4C72B0")

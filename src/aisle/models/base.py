@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,6 @@ class ImagePreprocess:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class TowerSpec:
-    """How to rebuild a tower offline: the registry kind, the name, and extra JSON-able settings."""
-
-    kind: str
-    name: str
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class Tower(nn.Module):
