@@ -135,28 +135,10 @@ def _run(model: ProductClassifier, loader, views: list[Callable | None],
 
 
 def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
-                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None,
-                   shared: dict | None = None) -> np.ndarray:
-    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them.
-
-    Texts are tokenized once, and rows run sorted by token count so each batch pads only to its own longest.
-    """
-    shared = shared or {}
-    text = shared.get(("text",))
-    if model.text_encoder is not None and text is None:
-        tokens = pretokenize(model.text_encoder, products.texts)
-        order = np.argsort(tokens["attention_mask"].sum(1), kind="stable")
-        inverse = np.argsort(order)
-        sorted_shared = {k: ((v[0][order], v[1][order]) if k[0] == "image" else v[order]) for k, v in shared.items()}
-        probs = _predict_sorted(model, products.subset(order), cfg, tta, scales, batch_size, progress,
-                                sorted_shared, {k: v[order] for k, v in tokens.items()})
-        return probs[inverse]
-    return _predict_sorted(model, products, cfg, tta, scales, batch_size, progress, shared, None)
-
-
-def _predict_sorted(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
-                    scales: list[int], batch_size: int, progress: Callable[[int], None] | None, shared: dict,
-                    tokens: dict[str, np.ndarray] | None) -> np.ndarray:
+                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None, shared: dict,
+                   tokens: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them,
+    pre-tokenized texts where ``tokens`` are given."""
     text = shared.get(("text",))
     if model.image_encoder is None:
         loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, text_features=text,
@@ -228,7 +210,20 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
                         products.source, len(unseen), sum(unseen.values()), list(unseen)[:10])
     bs = batch_size or cfg.infer.batch_size
     shared = _shared_features(Path(run_dir), models, products, cfg, tta, scales, bs)
-    fold_probs = {k: _predict_model(m, products, cfg, tta, scales, bs, progress, shared) for k, m in models.items()}
+    rows, tokens, order = products, None, None
+    first = next(iter(models.values()))
+    if first.text_encoder is not None and ("text",) not in shared:
+        # every fold shares the run's one tokenizer: tokenize once, and run rows sorted by token count so each
+        # batch pads only to its own longest row
+        tokens = pretokenize(first.text_encoder, products.texts)
+        order = np.argsort(tokens["attention_mask"].sum(1), kind="stable")
+        rows, tokens = products.subset(order), {k: v[order] for k, v in tokens.items()}
+        shared = {k: (v[0][order], v[1][order]) if k[0] == "image" else v[order] for k, v in shared.items()}
+    fold_probs = {k: _predict_model(m, rows, cfg, tta, scales, bs, progress, shared, tokens)
+                  for k, m in models.items()}
+    if order is not None:
+        inverse = np.argsort(order)
+        fold_probs = {k: p[inverse] for k, p in fold_probs.items()}
     probs = np.mean(np.stack(list(fold_probs.values())), axis=0)
     schema_file = Path(run_dir) / "schema.json"
     trained_col = json.loads(schema_file.read_text()).get("label_col") if schema_file.is_file() else None
