@@ -21,7 +21,7 @@ from aisle.evaluation.metrics import classification_metrics
 from aisle.inference import predict
 from aisle.models import create_classifier
 
-from bench_lib import DATA, _timed_cv, fusion_config, stratified_subset
+from bench_lib import DATA, _timed_cv, fusion_config, write_test_subset, write_train_subset
 
 
 def _score(y_true: pd.Series, pred: np.ndarray, classes: list[str], probs: np.ndarray | None = None) -> dict:
@@ -35,15 +35,9 @@ def _score(y_true: pd.Series, pred: np.ndarray, classes: list[str], probs: np.nd
 
 def run_accuracy(work: Path, quick: bool) -> dict:
     rows, test_rows, size, epochs = (3000, 1000, 96, 8) if quick else (10**9, 10**9, 128, 15)
-    work.mkdir(parents=True, exist_ok=True)
-    train = stratified_subset(rows)
-    csv = work / "train.csv"
-    train.to_csv(csv, index=False)
-    test = pd.read_csv(DATA / "test.csv", dtype=str)
-    if test_rows < len(test):
-        test = test.sample(n=test_rows, random_state=0)
-    test_csv = work / "test.csv"
-    test.to_csv(test_csv, index=False)
+    csv = write_train_subset(work, rows)
+    train = pd.read_csv(csv, dtype=str)
+    test_csv, test = write_test_subset(work, test_rows)
     truth = test[["id"]].merge(pd.read_csv(DATA / "test_labels.csv", dtype=str), on="id")["categories"]
     cache = work / "cache"
     table = []

@@ -30,6 +30,23 @@ def stratified_subset(rows: int, seed: int = 0, min_per_class: int = 5) -> pd.Da
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
+def write_train_subset(work: Path, rows: int) -> Path:
+    """``work/train.csv``: the stratified subset (see :func:`stratified_subset`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    csv = work / "train.csv"
+    stratified_subset(rows).to_csv(csv, index=False)
+    return csv
+
+
+def write_test_subset(work: Path, rows: int) -> tuple[Path, pd.DataFrame]:
+    """``work/test.csv``: all of test.csv, or a fixed random sample of ``rows``."""
+    test = pd.read_csv(DATA / "test.csv", dtype=str)
+    if rows < len(test):
+        test = test.sample(n=rows, random_state=0)
+    test.to_csv(work / "test.csv", index=False)
+    return work / "test.csv", test
+
+
 def fusion_config(train_csv: Path, cache_dir: Path, kind: str = "fusion", image_size: int = 128, folds: int = 2,
                   epochs: int = 5, cache: bool = True, train_folds: list[int] | None = None,
                   fusion: str = "concat") -> dict:
@@ -56,9 +73,7 @@ def _timed_cv(raw: dict, run_dir: Path) -> tuple[float, dict]:
 
 def bench_stage1(work: Path, quick: bool) -> dict:
     rows, size, epochs = (1000, 96, 2) if quick else (4000, 128, 5)
-    work.mkdir(parents=True, exist_ok=True)
-    csv = work / "train.csv"
-    stratified_subset(rows).to_csv(csv, index=False)
+    csv = write_train_subset(work, rows)
     cache = work / "cache"
     results = {}
     for label, use_cache in (("uncached", False), ("cached, cold cache", True), ("cached, warm cache", True)):
@@ -81,16 +96,10 @@ def bench_predict(work: Path, quick: bool) -> dict:
     from aisle.inference import predict
 
     rows, size, test_rows = (1000, 96, 1000) if quick else (4000, 128, 8686)
-    work.mkdir(parents=True, exist_ok=True)
-    csv = work / "train.csv"
-    stratified_subset(rows).to_csv(csv, index=False)
+    csv = write_train_subset(work, rows)
     run = work / "run5"
     _timed_cv(fusion_config(csv, work / "cache", image_size=size, folds=5, epochs=2), run)
-    test = pd.read_csv(DATA / "test.csv", dtype=str)
-    if test_rows < len(test):
-        test = test.sample(n=test_rows, random_state=0)
-    test_csv = work / "test.csv"
-    test.to_csv(test_csv, index=False)
+    test_csv, test = write_test_subset(work, test_rows)
     times, probs = {}, {}
     for label, shared in (("per-fold re-encoding", False), ("shared encoder pass", True)):
         t0 = time.perf_counter()
