@@ -55,6 +55,28 @@ def test_cached_equals_uncached_and_second_call_computes_nothing(catalogue, towe
     assert broken and not img_has[broken].any(), "missing/empty images are flagged in the mask"
 
 
+def test_encoded_rows_keep_input_order_with_length_sorting(catalogue, towers):
+    _, text = towers
+    products = _products(catalogue)
+    texts = list(products.texts)
+    assert len({len(t) for t in texts}) > 3, "the check needs texts of different lengths"
+    feats, _ = encode_products(text, products, batch_size=4)
+    with torch.inference_mode():
+        one_by_one = np.stack([text.eval()(text.tokenize([t]))[0].numpy() for t in texts])
+    np.testing.assert_allclose(feats, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_features(catalogue, towers):
+    image, _ = towers
+    products = _products(catalogue)
+    before, _ = encode_products(image, products)
+    image.use_channels_last()
+    after, _ = encode_products(image, products)
+    conv = next(p for p in image.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5)
+
+
 def test_hflip_view_differs_and_matches_flipped_pixels(catalogue, towers, tmp_path):
     image, _ = towers
     products = _products(catalogue)
@@ -141,6 +163,28 @@ def test_training_with_cache_matches_uncached_head_training(tmp_path):
         results[flag] = pd.read_csv(tmp_path / str(flag) / "s1" / "oof.csv").drop(columns=["id", "fold", "label", "pred"])
     assert any((tmp_path / "cache").rglob("*.npy"))
     assert np.allclose(results[True].to_numpy(), results[False].to_numpy(), atol=2e-3)
+
+
+def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
+    """Two folds and two frozen stages: each frozen tower's features are fetched once for the whole run, but a
+    stage whose tower was trained earlier (init_from a stage that changed it) is encoded again for each fold."""
+    import aisle.cache.encode as encode
+    from aisle.config import validate_config
+    from aisle.training import run_cv
+
+    write_demo_catalogue(tmp_path / "cat", n_train=40, n_test=4, seed=8, image_size=32)
+    calls = []
+    real = encode.tower_features
+    monkeypatch.setattr(encode, "tower_features", lambda tower, *a, **k: calls.append(tower.modality) or real(tower, *a, **k))
+    cfg = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+           "model": {"type": "fusion", "image_size": 32, "head_hidden": 16,
+                     "image": {"name": "timm:test_resnet", "pretrained": False},
+                     "text": {"name": "tiny:bert", "max_length": 16}},
+           "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "cache_dir": str(tmp_path / "cache"),
+                     "stages": [{"name": "s1", "freeze_encoders": True}, {"name": "s2", "freeze_encoders": True},
+                                {"name": "s3"}, {"name": "s4", "freeze_encoders": True, "init_from": "s3"}]}}
+    run_cv(validate_config(cfg), tmp_path / "run")
+    assert sorted(calls) == sorted(["image", "text"] + ["image", "text"] * 2)
 
 
 def test_decoded_image_cache(catalogue, tmp_path):

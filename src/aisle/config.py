@@ -139,7 +139,7 @@ class TrainConfig(_Section):
     cache_dir: str = ".aisle_cache"
     cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=lambda: ["orig"])
     num_workers: int = Field(2, ge=0)
-    channels_last: bool = True  # on GPUs: channels-last memory format for image towers (faster convolutions)
+    channels_last: bool = True  # channels-last memory format for CNN image towers (faster convolutions, GPU and CPU)
     compile: bool = False  # torch.compile the towers (first steps slower, later ones faster)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"

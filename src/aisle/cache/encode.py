@@ -39,6 +39,10 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
     """Run a tower over products in eval mode: (features (N, D) float32, has-image mask (N,))."""
     tower = tower.eval().to(device)
     image = tower.modality == "image"
+    order = None
+    if not image:  # texts run shortest first, so each batch pads only to about its own length
+        order = np.argsort([len(t) for t in products.texts], kind="stable")
+        products = products.subset(order)
     tf = build_image_transform(image_size or tower.preprocess.size, False, tower.preprocess.mean,
                                tower.preprocess.std) if image else None
     ds = ProductDataset(products, image_transform=tf, multi_image="first" if multi_image == "random" else multi_image,
@@ -57,7 +61,11 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
             masks.append(batch["image_mask"].any(1).cpu().numpy() if image else np.ones(len(batch["id"]), bool))
             if progress is not None:
                 progress(len(batch["id"]))
-    return np.concatenate(feats), np.concatenate(masks)
+    feats, masks = np.concatenate(feats), np.concatenate(masks)
+    if order is not None:
+        inverse = np.argsort(order)
+        feats, masks = feats[inverse], masks[inverse]
+    return feats, masks
 
 
 def tower_features(tower: Tower, products: Products, cache_dir: str | Path, view: str = "orig",

@@ -17,7 +17,7 @@ from aisle.data.labels import LabelMap
 from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
 from aisle.inference.tta import TTA_POLICIES
 from aisle.models.classifier import ProductClassifier
-from aisle.models.factory import create_classifier
+from aisle.models.factory import create_classifier, use_channels_last
 from aisle.training.checkpoint import excluded_prefixes, load_checkpoint
 from aisle.training.loaders import build_loader, pretokenize
 
@@ -78,6 +78,8 @@ def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
     for k in chosen:
         model = create_classifier(cfg.model, len(label_map), assets=rd / "assets")
         models[k] = load_checkpoint(model, stage / f"fold_{k}" / "best.safetensors", rd / "template.safetensors").eval()
+        if cfg.train.channels_last:
+            use_channels_last(models[k])
     return cfg, label_map, models
 
 

@@ -16,7 +16,7 @@ from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.image_towers import IMAGE_TOWERS
 from aisle.models.text_towers import TEXT_TOWERS
 
-__all__ = ["create_classifier", "image_preprocess", "save_model_assets", "set_trainable"]
+__all__ = ["create_classifier", "image_preprocess", "save_model_assets", "set_trainable", "use_channels_last"]
 
 
 def _need(tc: TowerConfig, what: str) -> str:
@@ -106,3 +106,10 @@ def set_trainable(tower: nn.Module | None, trainable: bool, last_n_blocks: int |
         for block in blocks[len(blocks) - last_n_blocks:] if last_n_blocks else []:
             for p in block.parameters():
                 p.requires_grad = True
+
+
+def use_channels_last(model: ProductClassifier) -> None:
+    """Switch a model's CNN image tower (timm) to channels-last memory; other towers are left as they are."""
+    switch = getattr(model.image_encoder, "use_channels_last", None)
+    if switch is not None:
+        switch()

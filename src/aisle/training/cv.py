@@ -21,7 +21,7 @@ from aisle.config import AisleConfig, LearningRates, StageConfig, load_config, s
 from aisle.data.prepare import TrainingData, load_training_data
 from aisle.evaluation.metrics import classification_metrics
 from aisle.models.classifier import ProductClassifier
-from aisle.models.factory import create_classifier, save_model_assets, set_trainable
+from aisle.models.factory import create_classifier, save_model_assets, set_trainable, use_channels_last
 from aisle.training.callbacks import EpochCheckpoint, seed_epoch
 from aisle.training.checkpoint import excluded_prefixes, load_optimizer_state, load_weights, read_json, write_json
 from aisle.training.loaders import build_loader, pretokenize
@@ -78,10 +78,9 @@ def _apply_freezing(model: ProductClassifier, cfg: AisleConfig, stage: StageConf
 
 
 def _speed_switches(model: ProductClassifier, cfg: AisleConfig) -> None:
-    """GPU settings that change speed, not results: channels-last image towers, torch.compile."""
-    if cfg.train.channels_last and torch.cuda.is_available() and model.image_encoder is not None:
-        model.image_encoder.to(memory_format=torch.channels_last)
-        model.image_encoder.channels_last = True
+    """Settings that change speed, not results: channels-last image towers, torch.compile."""
+    if cfg.train.channels_last:
+        use_channels_last(model)
     if cfg.train.compile:
         for tower in (model.image_encoder, model.text_encoder):
             if tower is not None:
@@ -94,8 +93,13 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, stage: StageConfig, fold: int,
-             run_dir: Path, decoded=None, tokens: dict[str, np.ndarray] | None = None) -> FoldResult:
-    """Train one fold of one stage, resuming from ``last`` if an earlier run was cut off; returns its metrics."""
+             run_dir: Path, decoded=None, tokens: dict[str, np.ndarray] | None = None,
+             shared: dict | None = None) -> FoldResult:
+    """Train one fold of one stage, resuming from ``last`` if an earlier run was cut off; returns its metrics.
+
+    ``shared`` carries the features of frozen towers that still hold the template's weights from fold to fold
+    (and stage to stage) of one run, so the cache is looked up once per run, not once per fold.
+    """
     fold_dir = run_dir / stage.name / f"fold_{fold}"
     done = fold_dir / "done.json"
     if done.exists():
@@ -126,7 +130,8 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
         sample_w = per_class[y_tr]
     criterion = LOSSES.create("ce", weight=weights, label_smoothing=cfg.train.label_smoothing,
                               aux_weight=cfg.model.aux_loss_weight)
-    img_f, txt_f = _cached_features(model, frozen, td, cfg)
+    img_f, txt_f = _cached_features(model, frozen, td, cfg, {n for n in frozen if f"{n}." in as_template},
+                                    {} if shared is None else shared)
     dec = (lambda idx: decoded.subset(idx)) if decoded is not None else (lambda idx: None)
     tok = (lambda idx: {k: v[idx] for k, v in tokens.items()}) if tokens is not None else (lambda idx: None)
     train_loader = build_loader(td.products.subset(tr), y_tr, model, cfg, train=True, sample_weights=sample_w,
@@ -197,9 +202,12 @@ def fit_fold(template: ProductClassifier, td: TrainingData, cfg: AisleConfig, st
     return FoldResult(fold, metrics, int(best["epoch"]), seconds)
 
 
-def _cached_features(model: ProductClassifier, frozen: tuple[str, ...], td: TrainingData, cfg: AisleConfig):
+def _cached_features(model: ProductClassifier, frozen: tuple[str, ...], td: TrainingData, cfg: AisleConfig,
+                     as_template: set[str], shared: dict):
     """Frozen towers' features for every training row, from the feature cache (computed once, reused by
-    every fold, stage and later run). Returns (image: ([views], has_image) or None, text: (N, D) or None)."""
+    every fold, stage and later run). Towers named in ``as_template`` hold the template's weights: their
+    features are kept in ``shared`` for the run's other folds. Returns (image: ([views], has_image) or None,
+    text: (N, D) or None)."""
     if not cfg.train.feature_cache:
         return None, None
     from aisle.cache.encode import tower_features
@@ -207,13 +215,25 @@ def _cached_features(model: ProductClassifier, frozen: tuple[str, ...], td: Trai
     kw = {"batch_size": cfg.infer.batch_size, "num_workers": cfg.train.num_workers,
           "multi_image": cfg.data.multi_image, "max_images": cfg.data.max_images,
           "max_pixels": cfg.data.max_image_pixels}
+
+    def features(name: str, compute):
+        if name not in as_template:
+            return compute()
+        if name not in shared:
+            shared[name] = compute()
+        return shared[name]
+
     image = text = None
     if "image_encoder" in frozen:
-        views = [tower_features(model.image_encoder, td.products, cfg.train.cache_dir, view=v, **kw)
-                 for v in cfg.train.cache_views]
-        image = ([f for f, _ in views], views[0][1])
+        def image_views():
+            views = [tower_features(model.image_encoder, td.products, cfg.train.cache_dir, view=v, **kw)
+                     for v in cfg.train.cache_views]
+            return [f for f, _ in views], views[0][1]
+
+        image = features("image_encoder", image_views)
     if "text_encoder" in frozen:
-        text = tower_features(model.text_encoder, td.products, cfg.train.cache_dir, **kw)[0]
+        text = features("text_encoder",
+                        lambda: tower_features(model.text_encoder, td.products, cfg.train.cache_dir, **kw)[0])
     return image, text
 
 
@@ -338,12 +358,12 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         size = cfg.data.decoded_size or round(1.15 * template.image_encoder.preprocess.size)
         decoded = DecodedImages.build(td.products, size, cfg.train.cache_dir, max_pixels=cfg.data.max_image_pixels)
     tokens = pretokenize(template.text_encoder, td.products.texts) if template.text_encoder is not None else None
-    summaries = {}
+    summaries, shared = {}, {}
     for stage in _stages(cfg):
         results = []
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-            results.append(fit_fold(template, td, cfg, stage, k, rd, decoded, tokens))
+            results.append(fit_fold(template, td, cfg, stage, k, rd, decoded, tokens, shared))
         if not lead:
             continue
         oof = pd.concat([pd.read_csv(rd / stage.name / f"fold_{k}" / "oof.csv") for k in chosen])
