@@ -149,3 +149,26 @@ def test_registry_errors():
         parse_tower_name("resnet18", IMAGE_TOWERS.list())
     with pytest.raises(ValueError, match="unknown fusion"):
         FUSIONS.get("bogus")
+
+
+@pytest.mark.parametrize("kind", ["timm", *sorted(DUAL_CASES)])
+def test_uint8_pixels_are_normalised_by_the_tower(kind):
+    """The loaders ship uint8 pixels and the tower normalises them: the same features as normalising first."""
+    import numpy as np
+    from PIL import Image
+
+    from aisle.data.transforms import build_image_transform
+
+    torch.manual_seed(0)
+    tower = (IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32) if kind == "timm"
+             else DUAL_ENCODERS.create(kind, "tiny", pretrained=False, texts=TEXTS).image).eval()
+    pre = tower.preprocess
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)) for i in range(B)]
+    raw = torch.stack([build_image_transform(pre.size, False, pre.mean, pre.std, normalize=False)(im) for im in images])
+    ref = torch.stack([build_image_transform(pre.size, False, pre.mean, pre.std)(im) for im in images])
+    assert raw.dtype == torch.uint8 and ref.dtype == torch.float32
+    mask = torch.ones(B, 1, dtype=torch.bool)
+    with torch.no_grad():
+        a = tower({"image": raw[:, None], "image_mask": mask})
+        b = tower({"image": ref[:, None], "image_mask": mask})
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -44,7 +44,7 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
         order = np.argsort([len(t) for t in products.texts], kind="stable")
         products = products.subset(order)
     tf = build_image_transform(image_size or tower.preprocess.size, False, tower.preprocess.mean,
-                               tower.preprocess.std) if image else None
+                               tower.preprocess.std, normalize=False) if image else None
     ds = ProductDataset(products, image_transform=tf, multi_image="first" if multi_image == "random" else multi_image,
                         train=False, max_images=max_images, placeholder_size=image_size or 224, max_pixels=max_pixels)
     loader = DataLoader(ds, batch_size=encode_batch_size(batch_size), num_workers=num_workers,

@@ -23,7 +23,8 @@ class ProductDataset(Dataset):
 
     Keys:
         ``index`` (int): row position; ``id`` (str); ``label`` (int, -1 when unlabelled or unseen);
-        ``text`` (str); ``image`` (float tensor ``(K, 3, H, W)``; K = 1, or ``max_images`` for ``mean_pool``);
+        ``text`` (str); ``image`` (tensor ``(K, 3, H, W)``, as the image transform leaves it: normalised float, or
+        uint8 for the towers to normalise; K = 1, or ``max_images`` for ``mean_pool``);
         ``image_mask`` (bool tensor ``(K,)``: True where a real image was decoded); and whatever the
         text transform returns (e.g. ``input_ids``, ``attention_mask``).
 

@@ -24,17 +24,21 @@ def build_image_transform(
     std: Sequence[float] = IMAGENET_STD,
     hflip: float = 0.5,
     crop_scale: tuple[float, float] = (0.7, 1.0),
+    normalize: bool = True,
 ) -> ImageTransform:
-    """PIL RGB image -> normalised float tensor (3, image_size, image_size).
+    """PIL RGB image (or uint8 tensor) -> normalised float tensor (3, image_size, image_size).
 
     Training: random resized crop and horizontal flip. Evaluation: resize the short side, centre crop.
+    ``normalize=False`` stops at the uint8 tensor: the loaders use it so that workers ship a quarter of the bytes,
+    and image towers normalise on their own device (``Tower.pixels``).
     """
     ops: list[Callable] = [v2.ToImage()]
     if train:
         ops += [v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip(hflip)]
     else:
         ops += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if normalize:
+        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(ops)
 
 

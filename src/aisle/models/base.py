@@ -36,6 +36,16 @@ class Tower(nn.Module):
     modality: str  # "image" or "text"
     fixed_length: bool = False  # text towers whose inputs must keep their full padded length (SigLIP, OpenCLIP)
 
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Image batches arrive as uint8 (the loaders ship 1 byte per value from their workers and normalise here,
+        on the model's device) or already normalised floats; both leave as normalised floats."""
+        if images.dtype != torch.uint8:
+            return images
+        pre = self.preprocess
+        mean = torch.tensor(pre.mean, device=images.device).view(3, 1, 1) * 255.0
+        std = torch.tensor(pre.std, device=images.device).view(3, 1, 1) * 255.0
+        return (images.float() - mean) / std
+
     def blocks(self) -> list[nn.Module]:
         """The encoder's blocks in input-to-output order, for ``train_last_n_blocks``."""
         return []

@@ -41,7 +41,7 @@ class _ImageView(Tower):
             encoder, projection, output_dim, preprocess, call)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = batch["image"]  # (B, K, 3, H, W)
+        images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float
         b, k = images.shape[:2]
         flat = images.flatten(0, 1)
         feats = self.encoder(flat) if self.call == "open_clip" else _pooled(self.encoder(pixel_values=flat))

@@ -47,7 +47,7 @@ class TimmImageTower(Tower):
                                           str(data_cfg.get("interpolation", "bicubic")))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = batch["image"]  # (B, K, 3, H, W)
+        images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float
         b, k = images.shape[:2]
         flat = images.flatten(0, 1)
         if getattr(self, "channels_last", False):

@@ -75,7 +75,8 @@ def build_loader(products: Products, y: np.ndarray | None, model: ProductClassif
     pre = image_preprocess(model)
     image_tf = None
     if pre is not None:
-        image_tf = build_image_transform(image_size or pre.size, train, pre.mean, pre.std)
+        # uint8 out of the workers (a quarter of the bytes); the image tower normalises on its device
+        image_tf = build_image_transform(image_size or pre.size, train, pre.mean, pre.std, normalize=False)
     text = model.text_encoder
     ds = ProductDataset(products, y, image_transform=image_tf, multi_image=cfg.data.multi_image, train=train,
                         max_images=cfg.data.max_images, placeholder_size=image_size or (pre.size if pre else 224),
