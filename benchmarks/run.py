@@ -4,12 +4,12 @@ Benchmarks (data: ../shared/data/fashion-products, towers: ../shared/models):
   stage1    frozen EfficientNet-Lite0 + MiniLM-L6, concat fusion, 2 folds x N epochs: feature cache off vs cold vs warm
   predict   5-fold frozen-tower run on the test rows: per-fold re-encoding vs one shared encoder pass
   datapath  generated 1000x1000 JPEG photos: DataLoader samples/s decoding every epoch vs the decoded image cache
-  accuracy  train.csv -> test split: image / text / fusion heads on cached frozen features, a logistic regression
-            on the same features, and TF-IDF + LinearSVC on the title
+  accuracy  train.csv -> test split: image / text / fusion heads on cached frozen features, a short stage 2 (text
+            tower fine-tuned, one fold), a logistic regression on the same features, TF-IDF + LinearSVC on the title
 
 Usage:
   .venv/bin/python benchmarks/run.py --quick          # a few minutes: small subsets
-  .venv/bin/python benchmarks/run.py                  # the full run (~30 min on a 2-core CPU)
+  .venv/bin/python benchmarks/run.py                  # the full run (~50 min on a 2-core CPU)
   .venv/bin/python benchmarks/run.py --only stage1,predict
 Writes benchmarks/results/<name>.json and prints one table per benchmark.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import torch  # noqa: E402
 from bench_lib import (  # noqa: E402
     SHARED,
     bench_accuracy,
@@ -72,7 +73,8 @@ def main() -> int:
         result = BENCHES[name](work / name, quick=args.quick)
         result.update({
             "benchmark": name, "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                       + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
             "command": "python benchmarks/run.py" + (" --quick" if args.quick else "") + f" --only {name}",
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
