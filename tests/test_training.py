@@ -146,3 +146,21 @@ def test_ddp_two_cpu_processes_smoke(tmp_path, catalogue):
     assert set(summary["folds"]) == {"0", "1"}
     oof = pd.read_csv(rd / "main" / "oof.csv")
     assert len(oof) == len(pd.read_csv(catalogue / "train.csv"))
+
+
+def test_no_loader_workers_left_after_a_run(tmp_path):
+    """Persistent DataLoader workers of finished folds are shut down, not left for a later garbage collection."""
+    import multiprocessing
+
+    from aisle.config import validate_config
+    from aisle.data.demo import write_demo_catalogue
+    from aisle.training import run_cv
+
+    write_demo_catalogue(tmp_path / "cat", n_train=24, n_test=4, seed=3, image_size=32)
+    cfg = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+           "model": {"type": "image", "image_size": 32, "head_hidden": 16,
+                     "image": {"name": "timm:test_resnet", "pretrained": False}},
+           "train": {"epochs": 1, "batch_size": 8, "num_workers": 1, "feature_cache": False}}
+    before = len(multiprocessing.active_children())
+    run_cv(validate_config(cfg), tmp_path / "run")
+    assert len(multiprocessing.active_children()) == before

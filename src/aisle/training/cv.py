@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import math
 import os
@@ -364,6 +365,7 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
             results.append(fit_fold(template, td, cfg, stage, k, rd, decoded, tokens, shared))
+            gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their persistent workers now
         if not lead:
             continue
         oof = pd.concat([pd.read_csv(rd / stage.name / f"fold_{k}" / "oof.csv") for k in chosen])
