@@ -325,3 +325,30 @@ def test_mean_pool_batches_collate(multi_products) -> None:
 
 def test_symlink_fixture_is_a_real_symlink(broken_catalogue) -> None:
     assert os.path.islink(broken_catalogue.images / "symlink.jpg")
+
+
+# ---------------------------------------------------------------- training transform
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_train_transform_matches_torchvision_compose(as_tensor: bool) -> None:
+    """The direct functional crop + flip draws the same boxes and flips as torchvision's composed transforms."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)  # not square: crop boxes differ per draw
+    image = torch.from_numpy(pixels).permute(2, 0, 1) if as_tensor else Image.fromarray(pixels)
+    ref = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(24, scale=(0.3, 1.0), antialias=True),
+                      v2.RandomHorizontalFlip(0.5)])
+    ours = build_image_transform(24, train=True, crop_scale=(0.3, 1.0), normalize=False)
+    outs = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        expected = ref(image)
+        torch.manual_seed(seed)
+        got = ours(image)
+        assert got.dtype == torch.uint8 and got.shape == (3, 24, 24)
+        assert torch.equal(got, expected.as_subclass(torch.Tensor)), seed
+        outs.append(got)
+    assert len({o.numpy().tobytes() for o in outs}) == len(outs)  # the draws really differ
