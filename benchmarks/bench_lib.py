@@ -49,14 +49,14 @@ def write_test_subset(work: Path, rows: int) -> tuple[Path, pd.DataFrame]:
 
 def fusion_config(train_csv: Path, cache_dir: Path, kind: str = "fusion", image_size: int = 128, folds: int = 2,
                   epochs: int = 5, cache: bool = True, train_folds: list[int] | None = None,
-                  fusion: str = "concat") -> dict:
+                  fusion: str = "concat", text: str | None = None) -> dict:
     return {
         "name": kind,
         "data": {"train_csv": str(train_csv), "image_dir": str(DATA / "images"), "text_cols": ["title"],
                  "folds": folds},
         "model": {"type": kind, "image_size": image_size, "head_hidden": 512, "dropout": 0.2, "fusion": fusion,
                   "image": {"name": f"timm:local-dir:{LITE0}"},
-                  "text": {"name": f"hf:{MINILM}", "pooler": "mean", "max_length": 32}},
+                  "text": {"name": text or f"hf:{MINILM}", "pooler": "mean", "max_length": 32}},
         "train": {"epochs": epochs, "batch_size": 64, "num_workers": 2, "lr": {"default": 2e-3},
                   "label_smoothing": 0.1, "feature_cache": cache, "cache_dir": str(cache_dir), "folds": train_folds,
                   "stages": [{"name": "stage1", "freeze_encoders": True}]},

@@ -72,7 +72,7 @@ class DataConfig(_Section):
 
 
 class TowerConfig(_Section):
-    """One encoder tower: ``timm:``, ``hf:``, ``open_clip:``, ``hf-clip:``, ``hf-siglip:`` or ``local-dir:`` name."""
+    """One encoder tower: ``timm:``, ``hf:``, ``ngram:``, ``open_clip:``, ``hf-clip:``, ``hf-siglip:`` or ``local-dir:`` name."""
 
     name: str | None = None
     pretrained: bool = True
@@ -80,6 +80,7 @@ class TowerConfig(_Section):
     train_last_n_blocks: int | None = Field(None, ge=0)
     pooler: Literal["cls", "mean"] = "mean"
     max_length: int = Field(128, ge=1)
+    embed_dim: int = Field(128, ge=1)  # towers trained from scratch (ngram:): their embedding size
 
 
 class ModelConfig(_Section):

@@ -14,6 +14,7 @@ from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.image_towers import IMAGE_TOWERS
+from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
 from aisle.models.text_towers import TEXT_TOWERS
 
 __all__ = ["create_classifier", "image_preprocess", "save_model_assets", "set_trainable", "use_channels_last"]
@@ -31,7 +32,7 @@ def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Pa
 
     Args:
         mcfg: model settings.
-        texts: training texts (tokenizers trained on the fly by ``tiny:`` presets).
+        texts: training texts (tokenizers / vocabularies fitted on the fly by ``tiny:`` and ``ngram:``).
         assets: a run's ``assets/`` folder: rebuild architectures and tokenizers from it (weights come later).
     """
     a = Path(assets) if assets is not None else None
@@ -55,8 +56,10 @@ def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Pa
         kwargs: dict[str, Any] = {"pooler": mcfg.text.pooler, "max_length": mcfg.text.max_length}
         if a is not None:
             kwargs["assets_dir"] = a / "text"
-        if prefix == "tiny" and a is None:
-            kwargs["texts"] = texts
+        if prefix in ("tiny", "ngram") and a is None:
+            kwargs["texts"] = texts  # vocabularies fitted on the training texts
+        if prefix == "ngram":
+            kwargs["embed_dim"] = mcfg.text.embed_dim
         text = TEXT_TOWERS.create(prefix, name, pretrained=mcfg.text.pretrained, **kwargs)
     return image, text
 

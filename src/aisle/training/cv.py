@@ -71,7 +71,8 @@ def _apply_freezing(model: ProductClassifier, cfg: AisleConfig, stage: StageConf
         tower = getattr(model, attr)
         if tower is None:
             continue
-        trainable = tcfg.trainable and not stage.freeze_encoders
+        # a tower with no pretrained weights (ngram:) has nothing to keep: freeze_encoders leaves it training
+        trainable = tcfg.trainable and (not stage.freeze_encoders or getattr(tower, "from_scratch", False))
         set_trainable(tower, trainable, tcfg.train_last_n_blocks if trainable else None)
         if not any(p.requires_grad for p in tower.parameters()):
             frozen.append(attr)
