@@ -27,7 +27,7 @@ def _batch(image_size: int, k: int = 1, tokenize=None) -> dict:
 
 # Every registry entry gets a tiny offline instance here; a new entry without one fails test_all_entries_covered.
 IMAGE_CASES = {"timm": [("test_resnet", 32), ("test_vit", None)]}
-TEXT_CASES = {"hf": "config", "tiny": "bert"}
+TEXT_CASES = {"hf": "config", "ngram": "word1-2,char2-4", "tiny": "bert"}
 DUAL_CASES = {"hf-clip": "tiny", "hf-siglip": "tiny", "open_clip": "tiny"}
 
 
