@@ -35,6 +35,7 @@ class Tower(nn.Module):
     output_dim: int
     modality: str  # "image" or "text"
     fixed_length: bool = False  # text towers whose inputs must keep their full padded length (SigLIP, OpenCLIP)
+    from_scratch: bool = False  # no pretrained weights (ngram:): trained even in stages that freeze the encoders
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Image batches arrive as uint8 (the loaders ship 1 byte per value from their workers and normalise here,
