@@ -75,7 +75,7 @@ def run_datapath(work: Path, quick: bool) -> dict:
             table.append({"way": way, "measured": "+ normalised in the consumer" if normalise else "out of the DataLoader",
                           **{f"epoch {e + 1} samples/s": round(v, 1) for e, v in enumerate(r)}})
     table[-1]["cache build s"] = table[len(ways) - 1]["cache build s"] = round(build_s, 1)
-    full, plain, cached = (list(ways)[i] for i in range(3))
+    full, plain, cached = ways
 
     def ratio(a: str, b: str, normalise: bool) -> float:
         return round(min(rates[a, normalise][1:]) / max(rates[b, normalise][1:]), 1)

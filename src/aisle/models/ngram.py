@@ -11,9 +11,7 @@ matches (model numbers, brand names, "sandal" vs "sandals") that TF-IDF models a
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,16 +93,15 @@ class NgramTextTower(Tower):
         return {f"{p}:{g}" for p, analyze in self.analyzers for g in analyze(text)}
 
     def _fit(self, texts: Sequence[str], min_df: int, max_features: int) -> tuple[list[str], torch.Tensor]:
-        df: Counter[str] = Counter()
-        for t in texts:
-            df.update(self.grams(t))
-        kept = sorted((g for g, c in df.items() if c >= min_df), key=lambda g: (-df[g], g))[:max_features]
-        if not kept:
+        """scikit-learn's TF-IDF fit over :meth:`grams` (binary tf, smooth IDF, ``min_df``, ``max_features``)."""
+        fitted = TfidfVectorizer(analyzer=self.grams, binary=True, min_df=min_df, max_features=max_features)
+        try:
+            fitted.fit(list(texts))
+        except ValueError as e:  # "After pruning, no terms remain" / "empty vocabulary"
             raise ValueError(f"no n-gram occurs in {min_df}+ of the {len(texts)} training texts; lower min_df "
-                             f"or check the text columns")
-        n = len(texts)  # scikit-learn's smooth IDF: ln((1 + n) / (1 + df)) + 1
-        idf = [0.0] + [math.log((1 + n) / (1 + df[g])) + 1.0 for g in kept]
-        return kept, torch.tensor(idf, dtype=torch.float32)
+                             f"or check the text columns ({e})") from e
+        vocab = [str(g) for g in fitted.get_feature_names_out()]
+        return vocab, torch.cat([torch.zeros(1), torch.as_tensor(fitted.idf_, dtype=torch.float32)])
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         rows = [sorted(self.index[g] for g in self.grams(t) if g in self.index) for t in texts]
