@@ -54,14 +54,24 @@ def fusion_config(train_csv: Path, cache_dir: Path, kind: str = "fusion", image_
         "name": kind,
         "data": {"train_csv": str(train_csv), "image_dir": str(DATA / "images"), "text_cols": ["title"],
                  "folds": folds},
-        "model": {"type": kind, "image_size": image_size, "head_hidden": 512, "dropout": 0.2, "fusion": fusion,
-                  "image": {"name": f"timm:local-dir:{LITE0}"},
-                  "text": {"name": text or f"hf:{MINILM}", "pooler": "mean", "max_length": 32}},
-        "train": {"epochs": epochs, "batch_size": 64, "num_workers": 2, "lr": {"default": 2e-3},
-                  "label_smoothing": 0.1, "feature_cache": cache, "cache_dir": str(cache_dir), "folds": train_folds,
-                  "stages": [{"name": "stage1", "freeze_encoders": True}]},
-        "infer": {"batch_size": 128},
+        "model": _model(kind, image_size, fusion, text),
+        "train": {"epochs": epochs, "batch_size": 64, "lr": {"default": 2e-3}, "label_smoothing": 0.1,
+                  "folds": train_folds, "stages": [{"name": "stage1", "freeze_encoders": True}]},
+        "runtime": {"num_workers": 2, "feature_cache": cache, "cache_dir": str(cache_dir), "batch_size_infer": 128},
     }
+
+
+def _model(kind: str, image_size: int, fusion: str, text: str | None) -> dict:
+    """The model section of ``kind``: only the towers that kind has."""
+    model: dict = {"type": kind, "head_hidden": 512, "dropout": 0.2}
+    if kind in ("image", "fusion"):
+        model.update(image_size=image_size, image={"name": f"timm:local-dir:{LITE0}"})
+    if kind in ("text", "fusion"):
+        name = text or f"hf:{MINILM}"
+        model["text"] = {"name": name, "max_length": 32, **({} if name.startswith("ngram:") else {"pooler": "mean"})}
+    if kind == "fusion":
+        model["fusion"] = fusion
+    return model
 
 
 def _timed_cv(raw: dict, run_dir: Path) -> tuple[float, dict]:

@@ -17,7 +17,7 @@ from aisle.data.dataset import ProductDataset
 from aisle.data.products import load_products
 from aisle.data.transforms import build_image_transform
 from aisle.models.base import ImagePreprocess, normalise_pixels
-from aisle.training.loaders import Collate
+from aisle.data.loaders import Collate
 
 
 def _photos(folder: Path, n: int, side: int = 1000, seed: int = 0) -> Path:

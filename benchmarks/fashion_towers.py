@@ -37,16 +37,22 @@ def _subset(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def _config(kind: str, csv: Path, out: Path, image_size: int, epochs1: int, epochs2: int) -> dict:
-    model = {"type": kind, "image_size": image_size, "head_hidden": 512, "dropout": 0.2, "fusion": "concat",
-             "image": {"name": f"timm:local-dir:{SHARED / 'models/tf_efficientnet_lite0'}", "pretrained": True},
-             "text": {"name": f"hf:{SHARED / 'models/all-MiniLM-L6-v2'}", "pretrained": True, "pooler": "mean",
-                      "max_length": 32}}
+    model = {"type": kind, "head_hidden": 512, "dropout": 0.2}
+    if kind in ("image", "fusion"):
+        model.update(image_size=image_size,
+                     image={"name": f"timm:local-dir:{SHARED / 'models/tf_efficientnet_lite0'}", "pretrained": True})
+    if kind in ("text", "fusion"):
+        model["text"] = {"name": f"hf:{SHARED / 'models/all-MiniLM-L6-v2'}", "pretrained": True, "pooler": "mean",
+                         "max_length": 32}
+    if kind == "fusion":
+        model["fusion"] = "concat"
     return {
         "name": kind, "output_dir": str(out),
         "data": {"train_csv": str(csv), "image_dir": str(SHARED / "data/fashion-products/images"),
                  "text_cols": ["title"], "folds": 5},
         "model": model,
-        "train": {"folds": [0], "batch_size": 64, "num_workers": 2, "label_smoothing": 0.1,
+        "runtime": {"num_workers": 2},
+        "train": {"folds": [0], "batch_size": 64, "label_smoothing": 0.1,
                   "lr": {"head": 2e-3, "image_encoder": 2e-4, "text_encoder": 5e-5, "default": 1e-3},
                   "stages": [{"name": "stage1", "epochs": epochs1, "freeze_encoders": True},
                              {"name": "stage2", "epochs": epochs2, "init_from": "stage1"}]},

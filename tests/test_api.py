@@ -19,7 +19,7 @@ def test_classifier_fit_predict_evaluate_save_load(tmp_path):
     clf = Classifier(overrides=["model.type=fusion", "model.image.name=timm:test_resnet", "model.image.pretrained=false",
                                 "model.text.name=tiny:bert", "model.text.max_length=16", "model.image_size=32",
                                 "model.fusion_dim=16", "model.head_hidden=16", "data.folds=2", "train.epochs=1",
-                                "train.batch_size=16", "train.num_workers=0"], run_dir=tmp_path / "run")
+                                "train.batch_size=16", "runtime.num_workers=0"], run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="not fitted"):
         clf.predict(test)
     clf.fit(train, data_root=tmp_path / "cat")

@@ -153,11 +153,11 @@ def test_training_with_cache_matches_uncached_head_training(tmp_path):
     write_demo_catalogue(tmp_path / "cat", n_train=40, n_test=4, seed=8, image_size=32)
     base = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
             "model": {"type": "text", "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
-            "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "cache_dir": str(tmp_path / "cache"),
-                      "stages": [{"name": "s1", "freeze_encoders": True}]}}
+            "train": {"epochs": 2, "batch_size": 8, "stages": [{"name": "s1", "freeze_encoders": True}]},
+            "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")}}
     results = {}
     for flag in (True, False):
-        cfg = {**base, "train": {**base["train"], "feature_cache": flag}}
+        cfg = {**base, "runtime": {**base["runtime"], "feature_cache": flag}}
         (tmp_path / f"{flag}.yaml").write_text(yaml.safe_dump(cfg))
         assert main(["-q", "train", "-c", str(tmp_path / f"{flag}.yaml"), "--run-dir", str(tmp_path / str(flag))]) == 0
         results[flag] = pd.read_csv(tmp_path / str(flag) / "s1" / "oof.csv").drop(columns=["id", "fold", "label", "pred"])
@@ -180,7 +180,8 @@ def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
            "model": {"type": "fusion", "image_size": 32, "head_hidden": 16,
                      "image": {"name": "timm:test_resnet", "pretrained": False},
                      "text": {"name": "tiny:bert", "max_length": 16}},
-           "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "cache_dir": str(tmp_path / "cache"),
+           "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")},
+           "train": {"epochs": 1, "batch_size": 8,
                      "stages": [{"name": "s1", "freeze_encoders": True}, {"name": "s2", "freeze_encoders": True},
                                 {"name": "s3"}, {"name": "s4", "freeze_encoders": True, "init_from": "s3"}]}}
     run_cv(validate_config(cfg), tmp_path / "run")
@@ -189,7 +190,7 @@ def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
 
 def test_decoded_image_cache(catalogue, tmp_path):
     from aisle.cache.decoded import DecodedImages
-    from aisle.data.dataset import ProductDataset
+    from aisle.data.dataset import Precomputed, ProductDataset
     from aisle.data.transforms import build_image_transform
 
     products = _products(catalogue)
@@ -204,7 +205,8 @@ def test_decoded_image_cache(catalogue, tmp_path):
     assert np.array_equal(np.asarray(again.pixels), np.asarray(dec.pixels))
     sub = dec.subset(np.array([ok, broken[0]]))
     assert torch.equal(sub.image(0), dec.image(ok)) and sub.image(1) is None
-    ds = ProductDataset(products, image_transform=build_image_transform(32, train=False), decoded=dec)
+    ds = ProductDataset(products, image_transform=build_image_transform(32, train=False),
+                        precomputed=Precomputed(decoded=dec))
     item = ds[ok]
     assert item["image"].shape == (1, 3, 32, 32) and item["image_mask"].all()
     assert not ds[broken[0]]["image_mask"].any()

@@ -91,8 +91,8 @@ def test_nested_override_keeps_sibling_keys() -> None:
         ("train.lr.head=2.5e-3", lambda c: c.train.lr.head, 2.5e-3),
         ("model.image.pretrained=false", lambda c: c.model.image.pretrained, False),
         ("train.gradient_clip_val=null", lambda c: c.train.gradient_clip_val, None),
-        ("train.devices=2", lambda c: c.train.devices, 2),
-        ("train.devices=auto", lambda c: c.train.devices, "auto"),
+        ("runtime.devices=2", lambda c: c.runtime.devices, 2),
+        ("runtime.devices=auto", lambda c: c.runtime.devices, "auto"),
         ("data.text_cols=[title, description]", lambda c: c.data.text_cols, ["title", "description"]),
         ("train.folds=[0,2]", lambda c: c.train.folds, [0, 2]),
         ("infer.tta=[hflip]", lambda c: c.infer.tta, ["hflip"]),
@@ -228,7 +228,7 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     cfg = load_config(overrides=[
         "name=rt", "data.text_cols=[title]", "data.text_prefixes={title: 'Title: '}", "model.fusion=gated",
         "train.lr.head=0.003", "train.stages=[{name: s1, epochs: 1}, {name: s2, init_from: s1}]",
-        "train.devices=2", "infer.scales=[224, 288]",
+        "runtime.devices=2", "infer.scales=[224, 288]",
     ])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert path.is_file()

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aisle.config import DataConfig
+from aisle.data.dataset import ImageReading
 from aisle.data import (
     ProductDataset,
     build_image_index,
@@ -221,7 +222,7 @@ def broken_catalogue(make_catalogue, tmp_path: Path):
 
 def test_dataset_turns_every_broken_image_into_a_masked_placeholder(broken_catalogue, caplog) -> None:
     products = load_products(broken_catalogue.csv, DataConfig())
-    ds = ProductDataset(products, image_transform=EVAL_TF, max_pixels=5000, placeholder_size=SIZE)
+    ds = ProductDataset(products, image_transform=EVAL_TF, reading=ImageReading(max_pixels=5000, placeholder_size=SIZE))
     with caplog.at_level(logging.WARNING, logger="aisle"):
         items = [ds[i] for i in range(len(ds))]
     masks = {it["id"]: it["image_mask"].tolist() for it in items}
@@ -248,7 +249,7 @@ def test_dataset_warns_once_per_id(broken_catalogue, caplog) -> None:
 
 def test_dataloader_runs_through_broken_images(broken_catalogue) -> None:
     ds = ProductDataset(load_products(broken_catalogue.csv, DataConfig()), image_transform=EVAL_TF,
-                        max_pixels=5000, text_transform=build_whitespace_text_transform({"t": 2}, max_length=5))
+                        reading=ImageReading(max_pixels=5000), text_transform=build_whitespace_text_transform({"t": 2}, max_length=5))
     batches = list(DataLoader(ds, batch_size=4, num_workers=0))
     assert [b["image"].shape[0] for b in batches] == [4, 3]
     mask = torch.cat([b["image_mask"] for b in batches])
@@ -281,7 +282,7 @@ def multi_products(make_catalogue):
 
 
 def test_first_mode_takes_the_first_image(multi_products) -> None:
-    ds = ProductDataset(multi_products, image_transform=EVAL_TF, multi_image="first", train=True)
+    ds = ProductDataset(multi_products, image_transform=EVAL_TF, reading=ImageReading("first"), train=True)
     item = ds[0]
     assert item["image"].shape == (1, 3, SIZE, SIZE)
     assert item["image_mask"].tolist() == [True]
@@ -290,7 +291,7 @@ def test_first_mode_takes_the_first_image(multi_products) -> None:
 
 def test_random_mode_picks_among_images_in_training(multi_products) -> None:
     np.random.seed(0)
-    ds = ProductDataset(multi_products, image_transform=EVAL_TF, multi_image="random", train=True)
+    ds = ProductDataset(multi_products, image_transform=EVAL_TF, reading=ImageReading("random"), train=True)
     seen = [dominant_channel(ds[0]["image"][0]) for _ in range(40)]
     assert ds[0]["image"].shape == (1, 3, SIZE, SIZE)
     assert set(seen) == {0, 1, 2}  # all three of p's images are drawn (chance of missing one: ~3e-7)
@@ -298,12 +299,12 @@ def test_random_mode_picks_among_images_in_training(multi_products) -> None:
 
 def test_random_mode_uses_the_first_image_in_evaluation(multi_products) -> None:
     np.random.seed(0)
-    ds = ProductDataset(multi_products, image_transform=EVAL_TF, multi_image="random", train=False)
+    ds = ProductDataset(multi_products, image_transform=EVAL_TF, reading=ImageReading("random"), train=False)
     assert {dominant_channel(ds[0]["image"][0]) for _ in range(20)} == {0}
 
 
 def test_mean_pool_pads_and_masks(multi_products) -> None:
-    ds = ProductDataset(multi_products, image_transform=EVAL_TF, multi_image="mean_pool", max_images=4)
+    ds = ProductDataset(multi_products, image_transform=EVAL_TF, reading=ImageReading("mean_pool", 4))
     p, q, none, many = (ds[i] for i in range(4))
     for item in (p, q, none, many):
         assert item["image"].shape == (4, 3, SIZE, SIZE)
@@ -317,7 +318,7 @@ def test_mean_pool_pads_and_masks(multi_products) -> None:
 
 
 def test_mean_pool_batches_collate(multi_products) -> None:
-    ds = ProductDataset(multi_products, image_transform=EVAL_TF, multi_image="mean_pool", max_images=2)
+    ds = ProductDataset(multi_products, image_transform=EVAL_TF, reading=ImageReading("mean_pool", 2))
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 2, 3, SIZE, SIZE)
     assert batch["image_mask"].tolist() == [[True, True], [True, False], [False, False], [True, True]]

@@ -29,7 +29,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
            "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
                      "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
                      "head_hidden": 16},
-           "train": {"epochs": 2, "batch_size": 16, "num_workers": 0, "lr": {"default": 3e-3}}}
+           "train": {"epochs": 2, "batch_size": 16, "lr": {"default": 3e-3}}, "runtime": {"num_workers": 0}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(root / "cfg.yaml"), "--run-dir", str(root / "run")]) == 0
     return root / "run", cat

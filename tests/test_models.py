@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from aisle.config import ModelConfig
+from aisle.config import MODEL_TOWERS, ModelConfig
 from aisle.models import (DUAL_ENCODERS, FUSIONS, IMAGE_TOWERS, TEXT_TOWERS, ProductClassifier, Registry,
                           create_classifier, parse_tower_name, set_trainable)
 from aisle.models.text_towers import HFTextTower
@@ -123,11 +123,12 @@ def test_train_last_n_blocks():
 @pytest.mark.parametrize("mtype", ["image", "text", "fusion", "dual"])
 def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
     from aisle.models import save_model_assets
-    from aisle.training.checkpoint import load_weights, save_weights
+    from aisle.serialization import load_weights, save_weights
 
-    mcfg = ModelConfig(type=mtype, image={"name": "timm:test_resnet", "pretrained": False},
-                       text={"name": "tiny:bert", "max_length": 16}, dual={"name": "hf-clip:tiny"},
-                       image_size=32, fusion_dim=16, head_hidden=16)
+    sections = {"image": {"name": "timm:test_resnet", "pretrained": False},
+                "text": {"name": "tiny:bert", "max_length": 16}, "dual": {"name": "hf-clip:tiny"}}
+    mcfg = ModelConfig.model_validate({"type": mtype, "image_size": 32, "fusion_dim": 16, "head_hidden": 16,
+                                       **{k: v for k, v in sections.items() if k in MODEL_TOWERS[mtype].values()}})
     model = create_classifier(mcfg, 4, TEXTS).eval()
     save_model_assets(model, mcfg, tmp_path / "assets")
     save_weights(model, tmp_path / "w.safetensors")

@@ -70,8 +70,9 @@ def test_trains_in_a_frozen_encoder_stage_and_predict_rebuilds_it(tmp_path: Path
         "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
                   "text": {"name": "ngram:word1-2,char2-4", "embed_dim": 16}, "image_size": 32,
                   "fusion_dim": 16, "head_hidden": 16},
-        "train": {"epochs": 2, "batch_size": 16, "num_workers": 0, "lr": {"default": 1e-2}, "feature_cache": True,
-                  "cache_dir": str(tmp_path / "cache"), "stages": [{"name": "stage1", "freeze_encoders": True}]},
+        "train": {"epochs": 2, "batch_size": 16, "lr": {"default": 1e-2},
+                  "stages": [{"name": "stage1", "freeze_encoders": True}]},
+        "runtime": {"num_workers": 0, "feature_cache": True, "cache_dir": str(tmp_path / "cache")},
     })
     run = tmp_path / "run"
     run_cv(cfg, run, overwrite=True)
@@ -91,7 +92,7 @@ def test_trains_in_a_frozen_encoder_stage_and_predict_rebuilds_it(tmp_path: Path
 def test_freeze_encoders_leaves_a_from_scratch_tower_trainable() -> None:
     from aisle.config import StageConfig
     from aisle.models import create_classifier
-    from aisle.training.cv import _apply_freezing
+    from aisle.training.fold import apply_freezing as _apply_freezing
 
     cfg = validate_config({"data": {"train_csv": "x.csv"},
                            "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},

@@ -25,10 +25,10 @@ def runs(tmp_path_factory) -> list[Path]:
     out = []
     for kind in ("text", "fusion"):
         cfg = {"name": kind, "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2},
-               "model": {"type": kind, "image": {"name": "timm:test_resnet", "pretrained": False},
-                         "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
-                         "head_hidden": 16},
-               "train": {"epochs": 2, "batch_size": 16, "num_workers": 0}}
+               "model": {"type": kind, "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
+               "train": {"epochs": 2, "batch_size": 16}, "runtime": {"num_workers": 0}}
+        if kind == "fusion":
+            cfg["model"].update(image={"name": "timm:test_resnet", "pretrained": False}, image_size=32, fusion_dim=16)
         (root / f"{kind}.yaml").write_text(yaml.safe_dump(cfg))
         assert main(["-q", "train", "-c", str(root / f"{kind}.yaml"), "--run-dir", str(root / kind)]) == 0
         out.append(root / kind)

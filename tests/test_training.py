@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from aisle.training.checkpoint import excluded_prefixes
+from aisle.serialization import excluded_prefixes
 
 from aisle.cli import main
 from aisle.data.demo import write_demo_catalogue
@@ -31,14 +31,15 @@ def catalogue(tmp_path_factory) -> Path:
     return out
 
 
-def _config(tmp_path: Path, catalogue: Path, **train) -> Path:
+def _config(tmp_path: Path, catalogue: Path, runtime: dict | None = None, **train) -> Path:
     cfg = {
         "name": "t", "output_dir": str(tmp_path / "runs"),
         "data": {"train_csv": str(catalogue / "train.csv"), "folds": 2},
         "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
                   "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
                   "head_hidden": 16},
-        "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "lr": {"default": 3e-3}, **train},
+        "train": {"epochs": 1, "batch_size": 16, "lr": {"default": 3e-3}, **train},
+        "runtime": {"num_workers": 0, **(runtime or {})},
     }
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -79,11 +80,11 @@ def test_existing_run_folder_is_not_overwritten_silently(tmp_path, catalogue):
 
 
 def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
-    import aisle.training.cv as cv
+    import aisle.training.fold as fold
 
     loaded = []
-    real = cv.load_weights
-    monkeypatch.setattr(cv, "load_weights", lambda m, p, **k: (loaded.append(Path(p)), real(m, p, **k))[1])
+    real = fold.load_weights
+    monkeypatch.setattr(fold, "load_weights", lambda m, p, **k: (loaded.append(Path(p)), real(m, p, **k))[1])
     stages = [{"name": "head", "freeze_encoders": True}, {"name": "full", "init_from": "head"}]
     rd = tmp_path / "run"
     assert main(["train", "-c", str(_config(tmp_path, catalogue, stages=stages)), "--run-dir", str(rd),
@@ -136,7 +137,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
 
 def test_ddp_two_cpu_processes_smoke(tmp_path, catalogue):
     """Lightning's DDP on CPU (gloo, loopback): the second rank re-runs the command, trains, writes nothing."""
-    cfg = _config(tmp_path, catalogue, epochs=1, accelerator="cpu", devices=2, strategy="ddp", feature_cache=False)
+    cfg = _config(tmp_path, catalogue, epochs=1, strategy="ddp",
+                  runtime={"accelerator": "cpu", "devices": 2, "feature_cache": False})
     rd = tmp_path / "ddp"
     env = {**os.environ, "AISLE_PROGRESS": "0"}
     proc = subprocess.run([sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(rd)],
@@ -160,7 +162,7 @@ def test_no_loader_workers_left_after_a_run(tmp_path):
     cfg = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
            "model": {"type": "image", "image_size": 32, "head_hidden": 16,
                      "image": {"name": "timm:test_resnet", "pretrained": False}},
-           "train": {"epochs": 1, "batch_size": 8, "num_workers": 1, "feature_cache": False}}
+           "train": {"epochs": 1, "batch_size": 8}, "runtime": {"num_workers": 1, "feature_cache": False}}
     before = len(multiprocessing.active_children())
     run_cv(validate_config(cfg), tmp_path / "run")
     assert len(multiprocessing.active_children()) == before

@@ -11,6 +11,7 @@ import pandas as pd
 from aisle.config import AisleConfig, apply_overrides, load_config, validate_config
 from aisle.evaluation.evaluate import evaluate_probs
 from aisle.inference.predict import Prediction, predict
+from aisle.rundir import RunDir
 from aisle.training.cv import run_cv
 
 __all__ = ["Classifier"]
@@ -50,7 +51,7 @@ class Classifier:
         return self
 
     def _require_fitted(self) -> Path:
-        if self.run_dir is None or not (self.run_dir / "cv_summary.json").is_file():
+        if self.run_dir is None or not RunDir(self.run_dir).is_finished():
             raise ValueError("this Classifier is not fitted: call fit(df) or Classifier.load(path) first")
         return self.run_dir
 
@@ -90,10 +91,10 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
         """A fitted classifier from a run folder (``aisle train`` output or ``save``)."""
-        p = Path(path)
-        if not (p / "config.yaml").is_file():
-            raise FileNotFoundError(f"{p} is not a run folder (no config.yaml)")
-        clf = cls(p / "config.yaml", run_dir=p)
+        rd = RunDir(path)
+        if not rd.is_run():
+            raise FileNotFoundError(f"{rd.root} is not a run folder (no {rd.config.name})")
+        clf = cls(rd.config, run_dir=rd.root)
         clf._require_fitted()
         return clf
 

@@ -1,4 +1,4 @@
-"""Typed configuration: one tree (data / model / train / infer), every default in one place.
+"""Typed configuration: one tree (data / model / train / infer / runtime), every default in one place.
 
 Load order: defaults < YAML file < ``--set a.b=c`` overrides. Unknown keys, wrong types and bad
 choices fail at load time with :class:`ConfigError`, naming the key, the bad value and the valid choices.
@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 __all__ = [
     "AisleConfig",
     "ConfigError",
     "DataConfig",
+    "ImageTowerConfig",
     "InferConfig",
+    "DualTowerConfig",
+    "NgramTowerConfig",
+    "RuntimeConfig",
+    "TextTowerConfig",
     "LearningRates",
     "ModelConfig",
     "StageConfig",
@@ -51,7 +56,6 @@ class DataConfig(_Section):
     image_dir: str | None = None  # default: an ``images/`` folder beside the CSV, if there is one
     data_root: str | None = None  # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
     class_folder: str | None = None  # folder-per-class layout root: <root>/<class>/*.jpg
-    class_descriptions: str | None = None  # JSON {class: description}
     id_col: str | None = None
     label_col: str | None = None
     text_cols: list[str] | None = None
@@ -71,24 +75,74 @@ class DataConfig(_Section):
     rare_class_name: str = "__other__"
 
 
-class TowerConfig(_Section):
-    """One encoder tower: ``timm:``, ``hf:``, ``ngram:``, ``open_clip:``, ``hf-clip:``, ``hf-siglip:`` or ``local-dir:`` name."""
+class ImageTowerConfig(_Section):
+    """An image tower: a ``timm:`` name (or ``timm:local-dir:<folder>``)."""
 
     name: str | None = None
     pretrained: bool = True
     trainable: bool = True
     train_last_n_blocks: int | None = Field(None, ge=0)
-    pooler: Literal["cls", "mean"] = "mean"
-    max_length: int = Field(128, ge=1)
-    embed_dim: int = Field(128, ge=1)  # towers trained from scratch (ngram:): their embedding size
+
+
+class TextTowerConfig(ImageTowerConfig):
+    """A pretrained-style text tower: ``hf:`` (a Hugging Face model name or local folder) or ``tiny:bert``."""
+
+    pooler: Literal["cls", "mean"] = "mean"  # how token states become one vector
+    max_length: int = Field(128, ge=1)  # tokens kept per text
+
+
+class NgramTowerConfig(_Section):
+    """``ngram:<spec>``: TF-IDF n-grams into an embedding trained from scratch (no pretrained weights)."""
+
+    name: str
+    trainable: bool = True
+    max_length: int = Field(128, ge=1)  # words kept per text before n-grams are taken
+    embed_dim: int = Field(128, ge=1)  # the embedding (and tower output) size
+
+
+class DualTowerConfig(ImageTowerConfig):
+    """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:`` or ``hf-siglip:``."""
+
+    max_length: int = Field(128, ge=1)  # tokens per text (capped at the model's context length)
+
+
+def _text_tower_kind(value: Any) -> str:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return "ngram" if isinstance(name, str) and name.startswith("ngram:") else "hf"
+
+
+# the text section's class follows its tower name: keys of another kind of tower are unknown keys
+AnyTextTowerConfig = Annotated[
+    Annotated[TextTowerConfig, Tag("hf")] | Annotated[NgramTowerConfig, Tag("ngram")],
+    Discriminator(_text_tower_kind),
+]
+_TEXT_TAGS = {"hf": TextTowerConfig, "ngram": NgramTowerConfig}
+TowerConfig = ImageTowerConfig | TextTowerConfig | NgramTowerConfig | DualTowerConfig
+
+# which towers each model type has: the config section of each, and the model attribute it builds
+MODEL_TOWERS: dict[str, dict[str, str]] = {
+    "image": {"image_encoder": "image"},
+    "text": {"text_encoder": "text"},
+    "fusion": {"image_encoder": "image", "text_encoder": "text"},
+    "dual": {"image_encoder": "dual", "text_encoder": "dual"},
+}
+# the tower-name prefixes each section takes: checked against the model registries by
+# ``aisle.models.check_tower_names`` (a test keeps the two in step)
+TOWER_SECTIONS = ("image", "text", "dual")
 
 
 class ModelConfig(_Section):
+    """The model: which towers (``type``), their settings, and the head that combines them.
+
+    Only the tower sections of ``type`` may be set (``image``; ``text``; ``image`` + ``text`` for fusion;
+    ``dual``), and ``fusion`` only for models with two towers (fusion, dual).
+    """
+
     type: Literal["image", "text", "fusion", "dual"] = "fusion"
-    image: TowerConfig = Field(default_factory=TowerConfig)
-    text: TowerConfig = Field(default_factory=TowerConfig)
-    dual: TowerConfig = Field(default_factory=TowerConfig)
-    fusion: Literal["concat", "sum", "gated", "late"] = "concat"
+    image: ImageTowerConfig | None = None
+    text: AnyTextTowerConfig | None = None
+    dual: DualTowerConfig | None = None
+    fusion: Literal["concat", "sum", "gated", "late"] | None = None  # two-tower models only (they default to concat)
     fusion_dim: int = Field(256, ge=1)
     head_hidden: int = Field(512, ge=0)  # 0: linear head
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -96,7 +150,38 @@ class ModelConfig(_Section):
     missing_image_embedding: bool = True
     aux_loss_weight: float = Field(0.0, ge=0.0)  # per-tower auxiliary loss for ``late`` fusion
     image_size: int | None = Field(None, ge=8)  # None: the tower's own preprocessing
-    contrastive: bool = False  # CLIP-style training against class texts (dual encoders)
+
+    @model_validator(mode="after")
+    def _towers_of_type(self) -> ModelConfig:
+        wanted = set(MODEL_TOWERS[self.type].values())
+        for section in TOWER_SECTIONS:
+            if section not in wanted and getattr(self, section) is not None:
+                raise ValueError(f"model.{section} is set but a model of type {self.type!r} has no {section} tower "
+                                 f"(its tower sections: {', '.join(sorted(wanted))}); remove it or change model.type")
+        for section in wanted:
+            if getattr(self, section) is None:
+                setattr(self, section, {"image": ImageTowerConfig, "text": TextTowerConfig,
+                                        "dual": DualTowerConfig}[section]())
+        if len(MODEL_TOWERS[self.type]) < 2:
+            if self.fusion is not None:
+                raise ValueError(f"model.fusion={self.fusion!r} applies to two-tower models (fusion, dual); a "
+                                 f"{self.type!r} model has one tower: remove model.fusion")
+        elif self.fusion is None:
+            self.fusion = "concat"
+        return self
+
+    @property
+    def fusion_kind(self) -> str:
+        """The fusion head in use: ``model.fusion``, or ``concat`` when unset."""
+        return self.fusion or "concat"
+
+    def towers(self) -> dict[str, TowerConfig]:
+        """Model attribute (``image_encoder`` / ``text_encoder``) -> the config of the tower it builds."""
+        return {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+
+    def tower_names(self) -> dict[str, str | None]:
+        """Config section -> tower name, for the sections this model type has."""
+        return {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
 
 
 class LearningRates(_Section):
@@ -136,14 +221,7 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     stages: list[StageConfig] = Field(default_factory=list)
     seed: int = 42
-    feature_cache: bool = True  # frozen towers: encode once, train the head on cached features
-    cache_dir: str = ".aisle_cache"
-    cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=lambda: ["orig"])
-    num_workers: int = Field(2, ge=0)
-    channels_last: bool = True  # channels-last memory format for CNN image towers (faster convolutions, GPU and CPU)
-    compile: bool = False  # torch.compile the towers (first steps slower, later ones faster)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | Literal["auto"] = "auto"
+    cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=lambda: ["orig"])  # frozen image towers
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
     num_nodes: int = Field(1, ge=1)
 
@@ -163,10 +241,41 @@ class TrainConfig(_Section):
 
 
 class InferConfig(_Section):
-    batch_size: int = Field(64, ge=1)
+    """What ``aisle predict`` does by default (its options override each key)."""
+
     folds: list[int] | None = None  # None: every fold checkpoint in the run
     tta: list[str] = Field(default_factory=list)  # names from the TTA registry, e.g. ["hflip"]
     scales: list[int] = Field(default_factory=list)  # extra image sizes for multi-scale inference
+
+
+class RuntimeConfig(_Section):
+    """Where and how the work runs, for training and inference alike (results do not depend on it)."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    num_workers: int = Field(2, ge=0)  # DataLoader workers that decode images / tokenize
+    batch_size_infer: int = Field(64, ge=1)  # rows per batch when predicting and encoding frozen towers
+    feature_cache: bool = True  # frozen towers: encode once into the cache, train/predict from cached features
+    cache_dir: str = ".aisle_cache"
+    channels_last: bool = True  # channels-last memory format for CNN image towers (faster convolutions, GPU and CPU)
+    compile: bool = False  # torch.compile the towers (first steps slower, later ones faster)
+
+
+# keys that moved (or went): an old YAML gets an error naming the new key
+MOVED_KEYS: dict[str, str] = {
+    "train.num_workers": "runtime.num_workers",
+    "train.cache_dir": "runtime.cache_dir",
+    "train.feature_cache": "runtime.feature_cache",
+    "train.channels_last": "runtime.channels_last",
+    "train.compile": "runtime.compile",
+    "train.accelerator": "runtime.accelerator",
+    "train.devices": "runtime.devices",
+    "infer.batch_size": "runtime.batch_size_infer",
+}
+REMOVED_KEYS: dict[str, str] = {
+    "model.contrastive": "it did nothing; training against class texts is not built yet",
+    "data.class_descriptions": "it did nothing; class texts for training are not built yet",
+}
 
 
 class AisleConfig(_Section):
@@ -176,21 +285,56 @@ class AisleConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        found = []
+        for old, note in [*((k, f"it is now {v}") for k, v in MOVED_KEYS.items()), *REMOVED_KEYS.items()]:
+            section, key = old.split(".")
+            if isinstance(raw.get(section), dict) and key in raw[section]:
+                found.append(f"'{old}' is no longer a key: {note}")
+        if found:
+            raise ValueError("; ".join(found))
+        return raw
 
 
-def _literal_choices(model: type[BaseModel], loc: tuple[Any, ...]) -> list[Any] | None:
-    """The valid choices of a ``Literal`` field at ``loc``, if that field is a Literal."""
-    current: Any = model
-    annotation: Any = None
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes an annotation can hold (through Optional, unions, Annotated and lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _is_tag(parts: list[Any], i: int) -> bool:
+    """``parts[i]`` is the tag pydantic puts in an error location after the text section's tagged union."""
+    return i > 0 and parts[i - 1] == "text" and parts[i] in _TEXT_TAGS
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config class of the section at ``loc`` (list positions skipped; union tags pick their class)."""
+    current: type[BaseModel] = AisleConfig
+    parts = [p for p in loc if not isinstance(p, int)]
+    for i, part in enumerate(parts):
+        if _is_tag(parts, i):
+            current = _TEXT_TAGS[part]
             continue
         field = current.model_fields.get(part)
-        if field is None:
+        models = _models_in(field.annotation) if field is not None else []
+        if not models:
             return None
-        annotation = field.annotation
-        inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        current = annotation if isinstance(annotation, type) else (inner[0] if inner else None)
+        current = models[0]
+    return current
+
+
+def _literal_choices(loc: tuple[Any, ...]) -> list[Any] | None:
+    """The valid choices of a ``Literal`` field at ``loc``, if that field is a Literal."""
+    section = _section_at(loc[:-1]) if loc else None
+    field = section.model_fields.get(loc[-1]) if section is not None and isinstance(loc[-1], str) else None
+    annotation = field.annotation if field is not None else None
     choices: list[Any] = []
     for arg in [annotation, *typing.get_args(annotation)]:
         if typing.get_origin(arg) is Literal:
@@ -198,46 +342,36 @@ def _literal_choices(model: type[BaseModel], loc: tuple[Any, ...]) -> list[Any] 
     return choices or None
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section at ``loc``."""
+    section = _section_at(loc)
+    return sorted(section.model_fields) if section is not None else []
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """A dotted key from an error location, without union tags or validator names."""
+    parts = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(str(p) for i, p in enumerate(parts) if not _is_tag(parts, i)) or "<root>"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-        key = ".".join(str(p) for p in loc) or "<root>"
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = _key(loc)
         if e["type"] == "extra_forbidden":
-            parent = loc[:-1]
-            valid = _fields_at(parent)
-            lines.append(f"  - unknown key '{key}'; valid keys here: {', '.join(valid)}")
+            lines.append(f"  - unknown key '{key}'; valid keys here: {', '.join(_fields_at(loc[:-1]))}")
             continue
         if e["type"] == "value_error":
-            lines.append(f"  - key '{key}': {e['msg'].removeprefix('Value error, ')}")
+            where = "" if key == "<root>" else f"key '{key}': "
+            lines.append(f"  - {where}{e['msg'].removeprefix('Value error, ')}")
             continue
-        value = e.get("input")
-        choices = _literal_choices(AisleConfig, loc)
-        msg = f"  - key '{key}': got {value!r}: {e['msg']}"
+        msg = f"  - key '{key}': got {e.get('input')!r}: {e['msg']}"
+        choices = _literal_choices(loc)
         if choices:
             msg += f"; valid choices: {', '.join(map(str, choices))}"
         lines.append(msg)
     return "\n".join(lines)
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    current: Any = AisleConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if isinstance(current, type) else None
-        if field is None:
-            return []
-        ann = field.annotation
-        models = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not models:
-            # list[StageConfig] and friends
-            for a in typing.get_args(ann):
-                models += [b for b in typing.get_args(a) if isinstance(b, type) and issubclass(b, BaseModel)]
-        if not models:
-            return []
-        current = models[0]
-    return sorted(current.model_fields)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

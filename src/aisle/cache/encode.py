@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader
 
 from aisle.cache.keys import image_item_keys, text_item_keys, tower_key
 from aisle.cache.store import FeatureStore
-from aisle.data.dataset import ProductDataset
+from aisle.data.dataset import ImageReading, ProductDataset
 from aisle.data.products import Products
 from aisle.data.transforms import build_image_transform
-from aisle.inference.tta import TTA_POLICIES
+from aisle.data.tta import TTA_POLICIES
 from aisle.models.base import Tower
-from aisle.training.loaders import Collate
+from aisle.data.loaders import Collate
 
 __all__ = ["encode_products", "tower_features"]
 
@@ -45,8 +45,9 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
         products = products.subset(order)
     tf = build_image_transform(image_size or tower.preprocess.size, False, tower.preprocess.mean,
                                tower.preprocess.std, normalize=False) if image else None
-    ds = ProductDataset(products, image_transform=tf, multi_image="first" if multi_image == "random" else multi_image,
-                        train=False, max_images=max_images, placeholder_size=image_size or 224, max_pixels=max_pixels)
+    reading = ImageReading("first" if multi_image == "random" else multi_image, max_images,
+                           image_size or 224, max_pixels)
+    ds = ProductDataset(products, image_transform=tf, reading=reading, train=False)
     loader = DataLoader(ds, batch_size=encode_batch_size(batch_size), num_workers=num_workers,
                         collate_fn=Collate(None if image else tower.tokenize))
     flip = TTA_POLICIES.get(view) if view != "orig" else None

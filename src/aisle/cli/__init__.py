@@ -101,7 +101,7 @@ def train(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    data: Annotated[Path, typer.Option(help="Products table to predict.")],
+    data: Annotated[Optional[Path], typer.Option(help="Products table to predict (default: the run's data.test_csv).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
     fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
     tta: Annotated[Optional[list[str]], typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,
@@ -112,6 +112,7 @@ def predict(
     """Predict with a run's fold models (averaged): writes submission.csv and probabilities.csv."""
     from aisle.inference import predict as run_predict
     from aisle.inference import write_outputs
+    from aisle.rundir import RunDir
 
     try:
         with _progress() as bar:
@@ -120,7 +121,7 @@ def predict(
                                image_dir=image_dir, progress=lambda k: bar.advance(task, k))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    files = write_outputs(pred, out or run_dir / "predictions")
+    files = write_outputs(pred, out or RunDir(run_dir).predictions)
     console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s)")
     for name, path in files.items():
         console.print(f"wrote {name}: {path}")

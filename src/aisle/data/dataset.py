@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +14,62 @@ from aisle.data.images import open_image, placeholder_image
 from aisle.data.products import Products
 from aisle.data.transforms import ImageTransform, TextTransform
 
-__all__ = ["ProductDataset"]
+__all__ = ["ImageReading", "Precomputed", "ProductDataset"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageReading:
+    """How a dataset reads a product's images.
+
+    Attributes:
+        multi_image: ``first``; ``random`` (training only, evaluation uses the first); ``mean_pool`` (up to
+            ``max_images``, for the model to pool).
+        max_images: images per product for ``mean_pool``.
+        placeholder_size: size of the placeholder image before the transform (and the JPEG draft size).
+        max_pixels: decompression-bomb limit.
+        jpeg_draft: decode JPEGs at the smallest DCT scale that is still >= ``placeholder_size`` (much faster
+            for large photos; False decodes at full resolution).
+    """
+
+    multi_image: str = "first"  # first | random | mean_pool (DataConfig validates the choice)
+    max_images: int = 4
+    placeholder_size: int = 224
+    max_pixels: int = 89_478_485
+    jpeg_draft: bool = True
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """Work done once per run that a dataset reads instead of decoding or tokenizing.
+
+    Attributes:
+        image_features: cached image-tower features, one (N, D) array per view, and the has-image mask (N,):
+            items then carry ``image_features`` (D,) and ``image_mask`` (1,) instead of pixels (training picks
+            a random view per item, evaluation the first).
+        text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
+        decoded: an ``aisle.cache.DecodedImages`` (first image per product, decoded once) to read pixels from.
+        tokens: pre-tokenized texts (``{"input_ids": (N, T), "attention_mask": (N, T)}``).
+    """
+
+    image_features: tuple[list[np.ndarray], np.ndarray] | None = None
+    text_features: np.ndarray | None = None
+    decoded: Any = None
+    tokens: dict[str, np.ndarray] | None = None
+
+    def subset(self, idx: np.ndarray, views: int | None = None) -> Precomputed:
+        """The same work for rows ``idx`` (and the first ``views`` image views)."""
+        image = None
+        if self.image_features is not None:
+            feats, has = self.image_features
+            image = ([f[idx] for f in feats[:views]], has[idx])
+        return Precomputed(
+            image,
+            None if self.text_features is None else self.text_features[idx],
+            None if self.decoded is None else self.decoded.subset(idx),
+            None if self.tokens is None else {k: v[idx] for k, v in self.tokens.items()},
+        )
 
 
 class ProductDataset(Dataset):
@@ -38,19 +92,9 @@ class ProductDataset(Dataset):
         text_transform: str -> dict of tensors; None: the raw text only.
         multi_image: ``first``; ``random`` (training only, evaluation uses the first); ``mean_pool`` (up to
             ``max_images``, for the model to pool).
+        reading: how images are chosen and decoded.
         train: training mode (random image choice).
-        max_images: images per product for ``mean_pool``.
-        placeholder_size: size of the placeholder image before the transform.
-        max_pixels: decompression-bomb limit.
-        image_features: cached image-tower features, one (N, D) array per view, and the has-image mask (N,):
-            items then carry ``image_features`` (D,) and ``image_mask`` (1,) instead of pixels (training picks
-            a random view per item, evaluation the first).
-        text_features: cached text-tower features (N, D): items carry ``text_features`` instead of tokens.
-        decoded: an ``aisle.cache.DecodedImages`` (first image per product, decoded once) to read pixels from.
-        jpeg_draft: decode JPEGs at the smallest DCT scale that is still >= ``placeholder_size`` (much faster
-            for large photos; False decodes at full resolution).
-        tokens: pre-tokenized texts (``{"input_ids": (N, T), "attention_mask": (N, T)}``) used instead of
-            ``text_transform``.
+        precomputed: cached features, decoded pixels or tokens to read instead (see :class:`Precomputed`).
     """
 
     def __init__(
@@ -59,16 +103,9 @@ class ProductDataset(Dataset):
         label_index: np.ndarray | None = None,
         image_transform: ImageTransform | None = None,
         text_transform: TextTransform | None = None,
-        multi_image: Literal["first", "random", "mean_pool"] = "first",
+        reading: ImageReading | None = None,
         train: bool = False,
-        max_images: int = 4,
-        placeholder_size: int = 224,
-        max_pixels: int = 89_478_485,
-        image_features: tuple[list[np.ndarray], np.ndarray] | None = None,
-        text_features: np.ndarray | None = None,
-        decoded=None,
-        tokens: dict[str, np.ndarray] | None = None,
-        jpeg_draft: bool = True,
+        precomputed: Precomputed | None = None,
     ) -> None:
         self.products = products
         self.label_index = label_index if label_index is not None else np.full(len(products), -1, dtype=np.int64)
@@ -76,15 +113,14 @@ class ProductDataset(Dataset):
             raise ValueError(f"label_index has {len(self.label_index)} entries for {len(products)} products")
         self.image_transform = image_transform
         self.text_transform = text_transform
-        self.multi_image = multi_image
+        self.reading = reading or ImageReading()
         self.train = train
-        self.k = max_images if multi_image == "mean_pool" else 1
-        self.placeholder_size = placeholder_size
-        self.max_pixels = max_pixels
+        self.k = self.reading.max_images if self.reading.multi_image == "mean_pool" else 1
         self._warned: set[str] = set()
-        self.image_features, self.text_features, self.decoded = image_features, text_features, decoded
-        self.tokens, self.jpeg_draft = tokens, jpeg_draft
-        if decoded is not None and (multi_image == "mean_pool" or len(decoded) != len(products)):
+        pre = precomputed or Precomputed()
+        self.image_features, self.text_features, self.tokens = pre.image_features, pre.text_features, pre.tokens
+        self.decoded = pre.decoded if pre.image_features is None else None
+        if self.decoded is not None and (self.reading.multi_image == "mean_pool" or len(self.decoded) != len(products)):
             raise ValueError("the decoded image cache holds one image per product: use multi_image first/random")
 
     def __len__(self) -> int:
@@ -93,9 +129,9 @@ class ProductDataset(Dataset):
     def _choose_paths(self, paths: tuple[str, ...]) -> list[str | None]:
         if not paths:
             return [None]
-        if self.multi_image == "mean_pool":
+        if self.reading.multi_image == "mean_pool":
             return list(paths[: self.k])
-        if self.multi_image == "random" and self.train:
+        if self.reading.multi_image == "random" and self.train:
             return [paths[np.random.randint(len(paths))]]
         return [paths[0]]
 
@@ -110,8 +146,8 @@ class ProductDataset(Dataset):
             image, reason = None, "missing"
         else:
             # JPEGs decode at the smallest DCT scale still >= the working size: big photos decode several times faster
-            draft = (self.placeholder_size, self.placeholder_size) if self.jpeg_draft else None
-            image, reason = open_image(path, self.products.roots, self.max_pixels, draft=draft)
+            draft = (self.reading.placeholder_size,) * 2 if self.reading.jpeg_draft else None
+            image, reason = open_image(path, self.products.roots, self.reading.max_pixels, draft=draft)
         if image is None and pid not in self._warned:
             self._warned.add(pid)
             log.warning("product %s: image %s unusable (%s); using a placeholder", pid, path or "<none>", reason)
@@ -131,7 +167,7 @@ class ProductDataset(Dataset):
             for path in self._choose_paths(self.products.image_paths[i]):
                 image = self._load(pid, path, i)
                 mask.append(image is not None)
-                tensors.append(self.image_transform(image if image is not None else placeholder_image(self.placeholder_size)))
+                tensors.append(self.image_transform(image if image is not None else placeholder_image(self.reading.placeholder_size)))
             while len(tensors) < self.k:  # pad mean_pool slots
                 tensors.append(torch.zeros_like(tensors[0]))
                 mask.append(False)

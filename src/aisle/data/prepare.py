@@ -58,7 +58,7 @@ def load_source(cfg: DataConfig, require_label: bool = True, frame: pd.DataFrame
     if bool(cfg.train_csv) == bool(cfg.class_folder):
         raise ValueError("set exactly one of data.train_csv (a products table) or data.class_folder (a class tree)")
     if cfg.class_folder:
-        return read_class_folder(cfg.class_folder, cfg, cfg.class_descriptions)
+        return read_class_folder(cfg.class_folder, cfg)
     return load_products(cfg.train_csv, cfg, require_label=require_label)
 
 

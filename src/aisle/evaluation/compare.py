@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from aisle.config import load_config
 from aisle.evaluation.plotting import pyplot
+from aisle.rundir import RunDir
+from aisle.serialization import read_json
 
 __all__ = ["METRICS", "compare_runs", "plot_curves", "run_history", "run_row"]
 
@@ -23,17 +24,11 @@ def run_row(run_dir: str | Path) -> dict:
     Raises:
         FileNotFoundError: the folder has no ``cv_summary.json`` (not a finished run).
     """
-    rd = Path(run_dir)
-    summary_file = rd / "cv_summary.json"
-    if not summary_file.is_file():
-        raise FileNotFoundError(f"{rd} has no cv_summary.json: not a finished run (train it, or resume it)")
-    s = json.loads(summary_file.read_text())
-    cfg = yaml.safe_load((rd / "config.yaml").read_text())
-    m = cfg["model"]
-    towers = {"dual": m["dual"]["name"]} if m["type"] == "dual" else {
-        k: m[k]["name"] for k in ("image", "text") if m["type"] in (k, "fusion")}
-    row = {"run": rd.name, "model": m["type"], "fusion": m["fusion"] if m["type"] in ("fusion", "dual") else "",
-           "towers": " + ".join(str(v).rsplit("/", 1)[-1] for v in towers.values()),
+    rd = RunDir(run_dir).require_finished()
+    s = read_json(rd.summary)
+    m = load_config(rd.config).model
+    row = {"run": rd.root.name, "model": m.type, "fusion": m.fusion_kind if m.type in ("fusion", "dual") else "",
+           "towers": " + ".join(str(v).rsplit("/", 1)[-1] for v in m.tower_names().values()),
            "params": s["params"]["total"], "train_seconds": sum(st["train_seconds"] for st in s["stages"].values()),
            "folds": len(s["folds"])}
     row.update({k: s["mean"].get(k, np.nan) for k in METRICS})
@@ -42,11 +37,11 @@ def run_row(run_dir: str | Path) -> dict:
 
 def run_history(run_dir: str | Path) -> pd.DataFrame:
     """Per-epoch history of the run's stages, averaged over folds, epochs numbered across stages."""
-    rd = Path(run_dir)
-    s = json.loads((rd / "cv_summary.json").read_text())
+    rd = RunDir(run_dir)
+    s = read_json(rd.summary)
     frames, offset = [], 0
     for stage in s["stages"]:
-        hs = [pd.read_csv(p) for p in sorted((rd / stage).glob("fold_*/history.csv"))]
+        hs = [pd.read_csv(p) for p in rd.histories(stage)]
         if not hs:
             continue
         h = pd.concat(hs).groupby("epoch", as_index=False).mean(numeric_only=True)

@@ -11,7 +11,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from aisle.evaluation.metrics import classification_metrics
 from aisle.evaluation.plotting import pyplot
-from aisle.training.checkpoint import write_json
+from aisle.serialization import write_json
 
 __all__ = ["Evaluation", "evaluate_files", "evaluate_probs", "plot_confusion"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from aisle.data.prepare import load_source
 from aisle.evaluation.compare import plot_curves, run_history
 from aisle.evaluation.evaluate import evaluate_probs, plot_confusion
 from aisle.evaluation.plotting import pyplot
+from aisle.rundir import RunDir
+from aisle.serialization import read_json
 
 __all__ = ["write_report"]
 
@@ -81,13 +82,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     Raises:
         FileNotFoundError: not a finished run folder.
     """
-    rd = Path(run_dir)
-    if not (rd / "cv_summary.json").is_file():
-        raise FileNotFoundError(f"{rd} has no cv_summary.json: not a finished run")
-    summary = json.loads((rd / "cv_summary.json").read_text())
-    cfg = load_config(rd / "config.yaml")
-    stage = summary["stage"]
-    oof = pd.read_csv(rd / stage / "oof.csv", dtype={"id": str, "label": str, "pred": str})
+    run = RunDir(run_dir).require_finished()
+    rd = run.root
+    summary = read_json(run.summary)
+    cfg = load_config(run.config)
+    oof = pd.read_csv(run.stage_oof(summary["stage"]), dtype={"id": str, "label": str, "pred": str})
     classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
     probs = oof[classes].to_numpy()
     ev = evaluate_probs(oof["label"].tolist(), probs, classes)
@@ -116,7 +115,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>aisle report: {html.escape(rd.name)}</title>
 <style>{_CSS}</style></head><body>
 <h1 id="title">aisle report: {html.escape(rd.name)}</h1>
-<p>{html.escape(cfg.model.type)} model{', ' + html.escape(cfg.model.fusion) + ' fusion' if cfg.model.type in ('fusion', 'dual') else ''};
+<p>{html.escape(cfg.model.type)} model{', ' + html.escape(cfg.model.fusion_kind) + ' fusion' if cfg.model.type in ('fusion', 'dual') else ''};
 {summary['params']['total']:,} parameters; out-of-fold accuracy <b>{m['acc']:.4f}</b>, macro-F1 <b>{m['macro_f1']:.4f}</b>
 over {ev.n_scored:,} training rows.</p>
 <h2>Cross-validation</h2>{_metrics_table(summary)}
@@ -125,8 +124,8 @@ over {ev.n_scored:,} training rows.</p>
 <h2>Per-class F1</h2><img class="plot" src="{_png_uri(figs / 'per_class_f1.png')}" alt="per-class F1">
 <h2>Most confident errors ({len(worst)} of {len(wrong):,} out-of-fold errors)</h2>
 <div class="gallery" id="errors">{''.join(cards) or '<p>No errors.</p>'}</div>
-<h2>Configuration</h2><pre>{html.escape((rd / 'config.yaml').read_text())}</pre>
+<h2>Configuration</h2><pre>{html.escape(run.config.read_text())}</pre>
 </body></html>"""
-    target = Path(out) if out is not None else rd / "report.html"
+    target = Path(out) if out is not None else run.report
     target.write_text(page)
     return target

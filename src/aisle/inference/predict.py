@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,13 +12,15 @@ import pandas as pd
 import torch
 
 from aisle.config import AisleConfig, load_config
+from aisle.data.dataset import Precomputed
 from aisle.data.labels import LabelMap
+from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
 from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
-from aisle.inference.tta import TTA_POLICIES
+from aisle.data.tta import TTA_POLICIES
 from aisle.models.classifier import ProductClassifier
-from aisle.models.factory import create_classifier, use_channels_last
-from aisle.training.checkpoint import excluded_prefixes, load_checkpoint
-from aisle.training.loaders import build_loader, pretokenize
+from aisle.models.factory import create_classifier, loader_inputs, use_channels_last
+from aisle.rundir import RunDir
+from aisle.serialization import excluded_prefixes, load_checkpoint, read_json
 
 __all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
 
@@ -51,34 +52,31 @@ class Prediction:
         return self.label_map.decode(self.probs.argmax(1))
 
 
-def _final_stage(run_dir: Path, cfg: AisleConfig) -> Path:
-    names = [s.name for s in cfg.train.stages] or ["main"]
-    return run_dir / names[-1]
-
-
 def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
                      ) -> tuple[AisleConfig, LabelMap, dict[int, ProductClassifier]]:
     """The run's config, label map and each finished fold's best model, rebuilt offline from the folder.
 
+    Args:
+        folds: which folds (default: the run's ``infer.folds``, else every finished fold).
+
     Raises:
         FileNotFoundError: not a run folder, or a requested fold has no best checkpoint.
     """
-    rd = Path(run_dir)
-    if not (rd / "config.yaml").is_file() or not (rd / "label_map.json").is_file():
-        raise FileNotFoundError(f"{rd} is not a finished run folder (config.yaml / label_map.json missing)")
-    cfg = load_config(rd / "config.yaml")
-    label_map = LabelMap.load(rd / "label_map.json")
-    stage = _final_stage(rd, cfg)
-    available = sorted(int(p.parent.name.split("_")[1]) for p in stage.glob("fold_*/best.safetensors"))
-    chosen = folds if folds is not None else available
+    rd = RunDir(run_dir).require_run()
+    cfg = load_config(rd.config)
+    label_map = LabelMap.load(rd.label_map)
+    stage = rd.final_stage(cfg)
+    available = rd.finished_folds(stage)
+    chosen = folds if folds is not None else (cfg.infer.folds or available)
     missing = sorted(set(chosen) - set(available))
     if missing or not chosen:
-        raise FileNotFoundError(f"{stage}: no best checkpoint for fold(s) {missing or chosen}; available: {available}")
+        raise FileNotFoundError(f"{rd.stage(stage)}: no best checkpoint for fold(s) {missing or chosen}; "
+                                f"available: {available}")
     models = {}
     for k in chosen:
-        model = create_classifier(cfg.model, len(label_map), assets=rd / "assets")
-        models[k] = load_checkpoint(model, stage / f"fold_{k}" / "best.safetensors", rd / "template.safetensors").eval()
-        if cfg.train.channels_last:
+        model = create_classifier(cfg.model, len(label_map), assets=rd.assets)
+        models[k] = load_checkpoint(model, rd.fold(stage, k).best, rd.template).eval()
+        if cfg.runtime.channels_last:
             use_channels_last(models[k])
     return cfg, label_map, models
 
@@ -87,25 +85,25 @@ def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None
     return [None] + [TTA_POLICIES.get(name) for name in tta]
 
 
-def _shared_features(run_dir: Path, models: dict[int, ProductClassifier], products: Products, cfg: AisleConfig,
+def _shared_features(rd: RunDir, models: dict[int, ProductClassifier], products: Products, cfg: AisleConfig,
                      tta: list[str], scales: list[int], batch_size: int) -> dict:
     """Features of towers that training never changed (every fold holds the run's initial weights: frozen),
     encoded once for all folds and kept in the feature cache: {("image", size, view): (feats, has_image),
     ("text",): feats}."""
-    if not cfg.train.feature_cache or not (run_dir / "template.safetensors").is_file():
+    if not cfg.runtime.feature_cache or not rd.template.is_file():
         return {}
     from aisle.cache.encode import tower_features
     from aisle.cache.keys import tower_key
 
-    stage = _final_stage(run_dir, cfg)
+    stage = rd.final_stage(cfg)
     # a fold checkpoint leaves out exactly the towers its training never changed (they are the template's)
-    left_out = [set(excluded_prefixes(stage / f"fold_{k}" / "best.safetensors")) for k in models]
+    left_out = [set(excluded_prefixes(rd.fold(stage, k).best)) for k in models]
 
     def frozen(attr: str) -> bool:
         return all(f"{attr}." in s for s in left_out)
 
     out: dict = {}
-    kw = {"batch_size": batch_size, "num_workers": cfg.train.num_workers, "multi_image": cfg.data.multi_image,
+    kw = {"batch_size": batch_size, "num_workers": cfg.runtime.num_workers, "multi_image": cfg.data.multi_image,
           "max_images": cfg.data.max_images, "max_pixels": cfg.data.max_image_pixels}
     first = next(iter(models.values()))
     if first.image_encoder is not None and frozen("image_encoder"):
@@ -113,10 +111,10 @@ def _shared_features(run_dir: Path, models: dict[int, ProductClassifier], produc
             s = size or first.image_encoder.preprocess.size
             key = tower_key(first.image_encoder, {"image_size": s})
             for view in ["orig", *tta]:
-                out[("image", size, view)] = tower_features(first.image_encoder, products, cfg.train.cache_dir,
+                out[("image", size, view)] = tower_features(first.image_encoder, products, cfg.runtime.cache_dir,
                                                             view=view, image_size=s, key=key, **kw)
     if first.text_encoder is not None and frozen("text_encoder"):
-        out[("text",)] = tower_features(first.text_encoder, products, cfg.train.cache_dir, **kw)[0]
+        out[("text",)] = tower_features(first.text_encoder, products, cfg.runtime.cache_dir, **kw)[0]
     return out
 
 
@@ -142,29 +140,29 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
     """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them,
     pre-tokenized texts where ``tokens`` are given."""
     text = shared.get(("text",))
+    opts = LoaderOptions.create(cfg.data, batch_size, cfg.runtime.num_workers)
+    inputs = loader_inputs(model)
+
+    def loader(image_features=None, image_size: int | None = None):
+        return build_loader(products, None, opts, train=False, image_size=image_size, **inputs,
+                            precomputed=Precomputed(image_features, text, tokens=tokens))
+
     if model.image_encoder is None:
-        loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, text_features=text,
-                              tokens=tokens)
-        return _run(model, loader, [None], progress)
+        return _run(model, loader(), [None], progress)
     names = ["orig", *tta]
     per_size = []
     for size in scales or [None]:
         cached = [shared.get(("image", size, v)) for v in names]
         if all(c is not None for c in cached):  # one pass per view over cached features: no pixels at all
-            per_view = [_run(model, build_loader(products, None, model, cfg, train=False, batch_size=batch_size,
-                                                 image_features=([f], has), text_features=text, tokens=tokens),
-                             [None], progress)
-                        for f, has in cached]
+            per_view = [_run(model, loader(([f], has)), [None], progress) for f, has in cached]
             per_size.append(np.mean(per_view, axis=0))
         else:  # decode each image once and apply every view to the batch
-            loader = build_loader(products, None, model, cfg, train=False, batch_size=batch_size, image_size=size,
-                                  text_features=text, tokens=tokens)
-            per_size.append(_run(model, loader, [None if v == "orig" else TTA_POLICIES.get(v) for v in names],
-                                 progress))
+            views = [None if v == "orig" else TTA_POLICIES.get(v) for v in names]
+            per_size.append(_run(model, loader(image_size=size), views, progress))
     return np.mean(per_size, axis=0)
 
 
-def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[int] | None = None,
+def predict(run_dir: str | Path, data: str | Path | pd.DataFrame | None = None, folds: list[int] | None = None,
             tta: list[str] | None = None, scales: list[int] | None = None, batch_size: int | None = None,
             image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None,
             feature_cache: bool | None = None) -> Prediction:
@@ -173,19 +171,29 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
     Args:
         run_dir: a finished run folder; nothing else is needed.
         data: a products table (path) to predict, or a DataFrame (relative image paths and the ``images/``
-            folder are taken from ``image_dir``'s parent, else the working directory).
-        folds: which folds' models (default: all finished).
+            folder are taken from ``image_dir``'s parent, else the working directory); default: the run's
+            ``data.test_csv``.
+        folds: which folds' models (default: the run's ``infer.folds``, else every finished fold).
         tta: TTA policy names (default: the run's ``infer.tta``).
         scales: image sizes to average over (default: the run's ``infer.scales``, else the model's own size).
-        batch_size: default the run's ``infer.batch_size``.
+        batch_size: default the run's ``runtime.batch_size_infer``.
         image_dir: image folder (default: the run's ``data.image_dir``, else ``images/`` beside the table).
         progress: called with the number of rows done (per fold and scale).
         feature_cache: encode towers that training never changed once for all folds, through the feature
-            cache (default: the run's ``train.feature_cache``); False re-encodes per fold.
+            cache (default: the run's ``runtime.feature_cache``); False re-encodes per fold.
+
+    Raises:
+        ValueError: no ``data`` and the run's config has no ``data.test_csv``.
     """
-    cfg, label_map, models = load_fold_models(run_dir, folds)
+    rd = RunDir(run_dir)
+    cfg, label_map, models = load_fold_models(rd.root, folds)
     if feature_cache is not None:
-        cfg.train.feature_cache = feature_cache
+        cfg.runtime.feature_cache = feature_cache
+    if data is None:
+        if not cfg.data.test_csv:
+            raise ValueError(f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
+                             f"run's config ({rd.config})")
+        data = cfg.data.test_csv
     data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
     if isinstance(data, pd.DataFrame):
         root = Path(image_dir).parent if image_dir else Path(".")
@@ -193,8 +201,8 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
                                        source="DataFrame")
     else:
         products = load_products(data, data_cfg)
-    if cfg.train.num_workers and len(products) < 256:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
+    if cfg.runtime.num_workers and len(products) < 256:  # worker start-up costs more than it saves
+        cfg.runtime.num_workers = 0
     tta = cfg.infer.tta if tta is None else tta
     scales = cfg.infer.scales if scales is None else scales
     for name in tta:
@@ -210,14 +218,14 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
         if unseen:
             log.warning("%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
                         products.source, len(unseen), sum(unseen.values()), list(unseen)[:10])
-    bs = batch_size or cfg.infer.batch_size
-    shared = _shared_features(Path(run_dir), models, products, cfg, tta, scales, bs)
+    bs = batch_size or cfg.runtime.batch_size_infer
+    shared = _shared_features(rd, models, products, cfg, tta, scales, bs)
     rows, tokens, order = products, None, None
     first = next(iter(models.values()))
     if first.text_encoder is not None and ("text",) not in shared:
         # every fold shares the run's one tokenizer: tokenize once, and run rows sorted by token count so each
         # batch pads only to its own longest row
-        tokens = pretokenize(first.text_encoder, products.texts)
+        tokens = pretokenize(first.text_encoder.tokenize, products.texts, first.text_encoder.pad_id)
         order = np.argsort(tokens["attention_mask"].sum(1), kind="stable")
         rows, tokens = products.subset(order), {k: v[order] for k, v in tokens.items()}
         shared = {k: (v[0][order], v[1][order]) if k[0] == "image" else v[order] for k, v in shared.items()}
@@ -227,8 +235,7 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame, folds: list[in
         inverse = np.argsort(order)
         fold_probs = {k: p[inverse] for k, p in fold_probs.items()}
     probs = np.mean(np.stack(list(fold_probs.values())), axis=0)
-    schema_file = Path(run_dir) / "schema.json"
-    trained_col = json.loads(schema_file.read_text()).get("label_col") if schema_file.is_file() else None
+    trained_col = read_json(rd.schema).get("label_col") if rd.schema.is_file() else None
     label_col = trained_col or products.schema.label_col or "label"
     return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen)
 

@@ -37,6 +37,11 @@ class Tower(nn.Module):
     fixed_length: bool = False  # text towers whose inputs must keep their full padded length (SigLIP, OpenCLIP)
     from_scratch: bool = False  # no pretrained weights (ngram:): trained even in stages that freeze the encoders
 
+    @property
+    def pad_id(self) -> int:
+        """The token id that pads text batches (0 for towers without a tokenizer)."""
+        return getattr(getattr(self, "tokenizer", None), "pad_token_id", 0) or 0
+
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Image batches arrive as uint8 (the loaders ship 1 byte per value from their workers and normalise here,
         on the model's device) or already normalised floats; both leave as normalised floats."""

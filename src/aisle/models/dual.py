@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, CLIPConfig, SiglipConfig
 
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 from aisle.models.tokenizer import train_word_tokenizer
 
 __all__ = ["DUAL_ENCODERS", "TINY_PRESET"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from aisle.config import ModelConfig, TowerConfig
+from aisle.config import NgramTowerConfig, ModelConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
@@ -17,13 +17,32 @@ from aisle.models.image_towers import IMAGE_TOWERS
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
 from aisle.models.text_towers import TEXT_TOWERS
 
-__all__ = ["create_classifier", "image_preprocess", "save_model_assets", "set_trainable", "use_channels_last"]
+__all__ = ["check_tower_names", "create_classifier", "has_model_assets", "image_preprocess", "loader_inputs", "save_model_assets", "set_trainable", "use_channels_last"]
+
+
+_EXAMPLES = {"image": "timm:resnet18", "text": "hf:bert-base-uncased", "dual": "open_clip:ViT-B-32/openai"}
+_REGISTRIES = {"image": IMAGE_TOWERS, "text": TEXT_TOWERS, "dual": DUAL_ENCODERS}
 
 
 def _need(tc: TowerConfig, what: str) -> str:
     if not tc.name:
-        raise ValueError(f"model.{what}.name is not set (e.g. {dict(image='timm:resnet18', text='hf:bert-base-uncased', dual='open_clip:ViT-B-32/openai')[what]})")
+        raise ValueError(f"model.{what}.name is not set (e.g. {_EXAMPLES[what]})")
     return tc.name
+
+
+def check_tower_names(mcfg: ModelConfig) -> None:
+    """Every tower the model type has is named, with a prefix its registry knows (call before reading data).
+
+    Raises:
+        ValueError: names the key (``model.<section>.name``), the bad value and the valid prefixes.
+    """
+    for section, name in mcfg.tower_names().items():
+        if not name:
+            raise ValueError(f"model.{section}.name is not set (e.g. {_EXAMPLES[section]})")
+        try:
+            parse_tower_name(name, _REGISTRIES[section].list())
+        except ValueError as e:
+            raise ValueError(f"model.{section}.name: {e}") from None
 
 
 def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Path | None = None
@@ -52,15 +71,18 @@ def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Pa
                                     image_size=mcfg.image_size, architecture=extra.get("architecture"),
                                     pretrained_cfg=extra.get("pretrained_cfg"))
     if mcfg.type in ("text", "fusion"):
-        prefix, name = parse_tower_name(_need(mcfg.text, "text"), TEXT_TOWERS.list())
-        kwargs: dict[str, Any] = {"pooler": mcfg.text.pooler, "max_length": mcfg.text.max_length}
+        tc = mcfg.text
+        prefix, name = parse_tower_name(_need(tc, "text"), TEXT_TOWERS.list())
+        kwargs: dict[str, Any] = {"max_length": tc.max_length}
+        if isinstance(tc, NgramTowerConfig):
+            kwargs["embed_dim"] = tc.embed_dim
+        else:
+            kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained)
         if a is not None:
             kwargs["assets_dir"] = a / "text"
         if prefix in ("tiny", "ngram") and a is None:
             kwargs["texts"] = texts  # vocabularies fitted on the training texts
-        if prefix == "ngram":
-            kwargs["embed_dim"] = mcfg.text.embed_dim
-        text = TEXT_TOWERS.create(prefix, name, pretrained=mcfg.text.pretrained, **kwargs)
+        text = TEXT_TOWERS.create(prefix, name, **kwargs)
     return image, text
 
 
@@ -68,10 +90,15 @@ def create_classifier(mcfg: ModelConfig, num_classes: int, texts: Sequence[str] 
                       assets: str | Path | None = None) -> ProductClassifier:
     """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`)."""
     image, text = create_towers(mcfg, texts, assets)
-    return ProductClassifier(image, text, num_classes, fusion=mcfg.fusion, fusion_dim=mcfg.fusion_dim,
+    return ProductClassifier(image, text, num_classes, fusion=mcfg.fusion_kind, fusion_dim=mcfg.fusion_dim,
                              head_hidden=mcfg.head_hidden, dropout=mcfg.dropout,
                              modality_dropout=mcfg.modality_dropout,
                              missing_image_embedding=mcfg.missing_image_embedding)
+
+
+def has_model_assets(folder: str | Path) -> bool:
+    """``folder`` holds what :func:`save_model_assets` writes (a model can be rebuilt from it)."""
+    return (Path(folder) / "towers.json").is_file()
 
 
 def save_model_assets(model: ProductClassifier, mcfg: ModelConfig, folder: str | Path) -> Path:
@@ -94,6 +121,13 @@ def save_model_assets(model: ProductClassifier, mcfg: ModelConfig, folder: str |
 
 def image_preprocess(model: ProductClassifier) -> ImagePreprocess | None:
     return getattr(model.image_encoder, "preprocess", None) if model.image_encoder is not None else None
+
+
+def loader_inputs(model: ProductClassifier) -> dict[str, Any]:
+    """What ``aisle.data.loaders.build_loader`` needs from a model: image preprocessing and the text tokenizer."""
+    text = model.text_encoder
+    return {"preprocess": image_preprocess(model), "tokenize": text.tokenize if text is not None else None,
+            "fixed_length": bool(text is not None and text.fixed_length)}
 
 
 def set_trainable(tower: nn.Module | None, trainable: bool, last_n_blocks: int | None = None) -> None:

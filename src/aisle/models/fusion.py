@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 
 __all__ = ["FUSIONS", "mlp_head"]
 

@@ -11,7 +11,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 
 __all__ = ["IMAGE_TOWERS", "TimmImageTower"]
 

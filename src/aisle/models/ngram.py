@@ -58,7 +58,6 @@ class NgramTextTower(Tower):
         min_df: an n-gram enters the vocabulary when at least this many texts hold it.
         max_features: the vocabulary keeps the most frequent n-grams up to this many.
         assets_dir: rebuild from a saved run's folder (vocabulary); IDF and embeddings come with the weights.
-        pretrained / pooler: accepted for the common tower signature; there are no pretrained weights.
     """
 
     modality = "text"
@@ -66,7 +65,7 @@ class NgramTextTower(Tower):
 
     def __init__(self, name: str = "word1-2,char2-5", texts: Sequence[str] = (), max_length: int = 128,
                  embed_dim: int = 128, min_df: int = 2, max_features: int = 2**18,
-                 assets_dir: str | Path | None = None, pretrained: bool = True, pooler: str = "mean") -> None:
+                 assets_dir: str | Path | None = None) -> None:
         super().__init__()
         self.name, self.max_length = name, max_length
         self.analyzers = _analyzers(parse_ngram_spec(name))

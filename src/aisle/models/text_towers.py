@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig
 
 from aisle.models.base import Tower, masked_mean
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 from aisle.models.tokenizer import train_word_tokenizer
 
 __all__ = ["TEXT_TOWERS", "HFTextTower", "tiny_bert_tower"]

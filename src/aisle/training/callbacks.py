@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
-from aisle.training.checkpoint import save_optimizer_state, save_weights, write_json
 
-__all__ = ["EpochCheckpoint", "HISTORY_FIELDS", "seed_epoch"]
+from aisle.rundir import FoldDir
+from aisle.serialization import load_optimizer_state, save_optimizer_state, save_weights, write_json
+
+__all__ = ["HISTORY_FIELDS", "EpochCheckpoint", "ResumeState", "seed_epoch"]
 
 
 def seed_epoch(seed: int, epoch: int, generator: torch.Generator | None) -> None:
@@ -29,7 +30,7 @@ class EpochCheckpoint(L.Callback):
     and always save ``last`` (model, optimizer, schedule, early-stopping and progress state) for resuming.
 
     Args:
-        fold_dir: this fold's folder.
+        fold_dir: this fold's folder (its files are named by :class:`aisle.rundir.FoldDir`).
         monitor: metric name (``val_macro_f1``, ``val_loss``, ...).
         epoch_offset: epochs already done before this fit (resume).
         best_score: the best monitored value so far (resume).
@@ -39,7 +40,7 @@ class EpochCheckpoint(L.Callback):
             replays exactly what an uninterrupted run would have done.
     """
 
-    def __init__(self, fold_dir: Path, monitor: str, epoch_offset: int = 0, best_score: float | None = None,
+    def __init__(self, fold_dir: FoldDir, monitor: str, epoch_offset: int = 0, best_score: float | None = None,
                  seed: int = 0, generator: torch.Generator | None = None, exclude: tuple[str, ...] = ()) -> None:
         self.fold_dir, self.monitor, self.seed, self.generator = fold_dir, monitor, seed, generator
         self.exclude = exclude
@@ -68,7 +69,7 @@ class EpochCheckpoint(L.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         row = {"epoch": epoch, **{k: m.get(k, np.nan) for k in HISTORY_FIELDS[1:6]}, "lr": lr,
                "seconds": round(time.perf_counter() - self._t0, 3)}
-        hist = self.fold_dir / "history.csv"
+        hist = self.fold_dir.history
         new = not hist.exists()
         with open(hist, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
@@ -78,15 +79,36 @@ class EpochCheckpoint(L.Callback):
         value = m.get(self.monitor)
         if value is not None and self._better(value):
             self.best_score = value
-            save_weights(pl_module.model, self.fold_dir / "best.safetensors", exclude=self.exclude)
-            write_json(self.fold_dir / "best.json", {"epoch": epoch, "monitor": self.monitor, "score": value,
+            save_weights(pl_module.model, self.fold_dir.best, exclude=self.exclude)
+            write_json(self.fold_dir.best_info, {"epoch": epoch, "monitor": self.monitor, "score": value,
                                                      "metrics": {k: v for k, v in m.items()}})
-        save_weights(pl_module.model, self.fold_dir / "last.safetensors", exclude=self.exclude)
-        save_optimizer_state(trainer.optimizers[0], self.fold_dir / "last_optim.safetensors")
+        save_weights(pl_module.model, self.fold_dir.last, exclude=self.exclude)
+        save_optimizer_state(trainer.optimizers[0], self.fold_dir.last_optim)
         sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         es = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
-        write_json(self.fold_dir / "last.json", {
+        write_json(self.fold_dir.last_info, {
             "epoch": epoch, "global_step": int(trainer.global_step), "best_score": self.best_score,
             "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} if sched else None,
             "early_stopping": {"wait_count": int(es.wait_count), "best_score": float(es.best_score)} if es else None,
         })
+
+
+class ResumeState(L.Callback):
+    """Restores the optimizer and learning-rate schedule of a cut-off fit, once Lightning has built them
+    (``on_fit_start`` runs after the strategy set up the optimizers, before the first step).
+
+    Args:
+        fold_dir: the fold whose ``last`` state is restored.
+        last: the saved progress (``last.json``: scheduler step counters).
+    """
+
+    def __init__(self, fold_dir: FoldDir, last: dict) -> None:
+        self.fold_dir, self.last = fold_dir, last
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        load_optimizer_state(trainer.optimizers[0], self.fold_dir.last_optim)
+        saved = self.last.get("scheduler")
+        if saved and trainer.lr_scheduler_configs:
+            sched = trainer.lr_scheduler_configs[0].scheduler
+            # our lambdas are plain closures rebuilt identically; only the step counters are state
+            sched.load_state_dict({**saved, "lr_lambdas": [None] * len(sched.lr_lambdas)})

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 
 __all__ = ["LOSSES", "class_weights"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aisle.models.registry import Registry
+from aisle.registry import Registry
 
 __all__ = ["TTA_POLICIES"]
 

@@ -1,0 +1,173 @@
+"""The run folder's layout: every file name of a run, and of each fold of each stage, is spelled here only.
+
+::
+
+    <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)
+         /assets/  template.safetensors  cv_summary.json  predictions/  report.html
+         /<stage>/cv_summary.json  oof.csv
+         /<stage>/fold_<k>/best.safetensors  best.json  last.safetensors  last.json  last_optim.safetensors
+                           last_optim.json  history.csv  time.json  oof.csv  done.json  tb/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aisle.config import AisleConfig, StageConfig
+
+__all__ = ["DEFAULT_STAGE", "FoldDir", "RunDir"]
+
+DEFAULT_STAGE = "main"  # the one stage of a run whose config lists no ``train.stages``
+
+
+@dataclass(frozen=True)
+class FoldDir:
+    """One fold of one stage: checkpoints, resume state, history and out-of-fold predictions."""
+
+    root: Path
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.safetensors"
+
+    @property
+    def best_info(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.safetensors"
+
+    @property
+    def last_info(self) -> Path:
+        return self.root / "last.json"
+
+    @property
+    def last_optim(self) -> Path:
+        """Optimizer tensors; their JSON side file is named by ``aisle.serialization.save_optimizer_state``."""
+        return self.root / "last_optim.safetensors"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def time(self) -> Path:
+        return self.root / "time.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof.csv"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "done.json"
+
+    @property
+    def logs(self) -> Path:
+        """TensorBoard's folder (``tb/``) lives under this."""
+        return self.root
+
+    def resume_files(self) -> list[Path]:
+        """What only an unfinished fold needs (removed when the fold is done)."""
+        return [self.last, self.last_optim, self.last_optim.with_suffix(".json")]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder. Ask it for paths; nothing else spells a run-folder file name."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def label_map(self) -> Path:
+        return self.root / "label_map.json"
+
+    @property
+    def schema(self) -> Path:
+        return self.root / "schema.json"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def train_data(self) -> Path:
+        """The DataFrame a Python-API run was trained on."""
+        return self.root / "train_data.csv"
+
+    @property
+    def assets(self) -> Path:
+        return self.root / "assets"
+
+    @property
+    def template(self) -> Path:
+        """The model's initial weights: every fold starts from them, frozen towers are read from them."""
+        return self.root / "template.safetensors"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "cv_summary.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def stage_summary(self, name: str) -> Path:
+        return self.stage(name) / "cv_summary.json"
+
+    def stage_oof(self, name: str) -> Path:
+        return self.stage(name) / "oof.csv"
+
+    def fold(self, stage: str, k: int) -> FoldDir:
+        return FoldDir(self.stage(stage) / f"fold_{k}")
+
+    def histories(self, stage: str) -> list[Path]:
+        return sorted(self.stage(stage).glob("fold_*/history.csv"))
+
+    def finished_folds(self, stage: str) -> list[int]:
+        """Fold numbers of ``stage`` that have a best checkpoint."""
+        return sorted(int(p.parent.name.removeprefix("fold_")) for p in self.stage(stage).glob("fold_*/best.safetensors"))
+
+    @staticmethod
+    def stages(cfg: AisleConfig) -> list[StageConfig]:
+        """The stages a config trains: ``train.stages``, or one default stage."""
+        return list(cfg.train.stages) or [StageConfig(name=DEFAULT_STAGE)]
+
+    @classmethod
+    def final_stage(cls, cfg: AisleConfig) -> str:
+        """The stage whose fold models predict."""
+        return cls.stages(cfg)[-1].name
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def is_finished(self) -> bool:
+        return self.summary.is_file()
+
+    def require_run(self) -> RunDir:
+        if not self.config.is_file() or not self.label_map.is_file():
+            raise FileNotFoundError(f"{self.root} is not a run folder ({self.config.name} / {self.label_map.name} "
+                                    f"missing): train one with `aisle train`")
+        return self
+
+    def require_finished(self) -> RunDir:
+        if not self.is_finished():
+            raise FileNotFoundError(f"{self.root} has no {self.summary.name}: not a finished run "
+                                    f"(train it, or continue it with `aisle train --resume {self.root}`)")
+        return self
