@@ -25,8 +25,10 @@ def stratified_subset(rows: int, seed: int = 0, min_per_class: int = 5) -> pd.Da
     if rows >= len(train):
         return train
     frac = rows / len(train)
-    parts = [g.sample(n=min(len(g), max(min_per_class, round(len(g) * frac))), random_state=seed)
-             for _, g in train.groupby("categories")]
+    parts = [
+        g.sample(n=min(len(g), max(min_per_class, round(len(g) * frac))), random_state=seed)
+        for _, g in train.groupby("categories")
+    ]
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
@@ -47,16 +49,35 @@ def write_test_subset(work: Path, rows: int) -> tuple[Path, pd.DataFrame]:
     return work / "test.csv", test
 
 
-def fusion_config(train_csv: Path, cache_dir: Path, kind: str = "fusion", image_size: int = 128, folds: int = 2,
-                  epochs: int = 5, cache: bool = True, train_folds: list[int] | None = None,
-                  fusion: str = "concat", text: str | None = None) -> dict:
+def fusion_config(
+    train_csv: Path,
+    cache_dir: Path,
+    kind: str = "fusion",
+    image_size: int = 128,
+    folds: int = 2,
+    epochs: int = 5,
+    cache: bool = True,
+    train_folds: list[int] | None = None,
+    fusion: str = "concat",
+    text: str | None = None,
+) -> dict:
     return {
         "name": kind,
-        "data": {"train_csv": str(train_csv), "image_dir": str(DATA / "images"), "text_cols": ["title"],
-                 "folds": folds},
+        "data": {
+            "train_csv": str(train_csv),
+            "image_dir": str(DATA / "images"),
+            "text_cols": ["title"],
+            "folds": folds,
+        },
         "model": _model(kind, image_size, fusion, text),
-        "train": {"epochs": epochs, "batch_size": 64, "lr": {"default": 2e-3}, "label_smoothing": 0.1,
-                  "folds": train_folds, "stages": [{"name": "stage1", "freeze_encoders": True}]},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 64,
+            "lr": {"default": 2e-3},
+            "label_smoothing": 0.1,
+            "folds": train_folds,
+            "stages": [{"name": "stage1", "freeze_encoders": True}],
+        },
         "runtime": {"num_workers": 2, "feature_cache": cache, "cache_dir": str(cache_dir), "batch_size_infer": 128},
     }
 
@@ -87,19 +108,37 @@ def bench_stage1(work: Path, quick: bool) -> dict:
     cache = work / "cache"
     results = {}
     for label, use_cache in (("uncached", False), ("cached, cold cache", True), ("cached, warm cache", True)):
-        secs, summary = _timed_cv(fusion_config(csv, cache, image_size=size, epochs=epochs, cache=use_cache),
-                                  work / label.replace(" ", "_").replace(",", ""))
+        secs, summary = _timed_cv(
+            fusion_config(csv, cache, image_size=size, epochs=epochs, cache=use_cache),
+            work / label.replace(" ", "_").replace(",", ""),
+        )
         results[label] = (secs, summary["mean"]["macro_f1"], summary["mean"]["acc"])
     base = results["uncached"][0]
-    table = [{"way": k, "seconds": round(s, 1), "speed-up": f"{base / s:.1f}x", "macro_f1": round(f1, 4),
-              "acc": round(acc, 4)} for k, (s, f1, acc) in results.items()]
+    table = [
+        {
+            "way": k,
+            "seconds": round(s, 1),
+            "speed-up": f"{base / s:.1f}x",
+            "macro_f1": round(f1, 4),
+            "acc": round(acc, 4),
+        }
+        for k, (s, f1, acc) in results.items()
+    ]
     cold, warm = base / results["cached, cold cache"][0], base / results["cached, warm cache"][0]
     f1_gap = 100 * max(abs(results[k][1] - results["uncached"][1]) for k in results)
-    return {"table": table, "setup": {"rows": len(pd.read_csv(csv)), "image_size": size, "folds": 2, "epochs": epochs,
-                                      "towers": "EfficientNet-Lite0 + all-MiniLM-L6-v2 frozen, concat fusion"},
-            "cache_bytes": FeatureStore(cache).size_bytes(),
-            "targets": {"cold >= 7x": cold >= 7, "warm >= 50x": warm >= 50, "macro-F1 within 0.5 points": f1_gap <= 0.5},
-            "macro_f1_gap_points": round(f1_gap, 2)}
+    return {
+        "table": table,
+        "setup": {
+            "rows": len(pd.read_csv(csv)),
+            "image_size": size,
+            "folds": 2,
+            "epochs": epochs,
+            "towers": "EfficientNet-Lite0 + all-MiniLM-L6-v2 frozen, concat fusion",
+        },
+        "cache_bytes": FeatureStore(cache).size_bytes(),
+        "targets": {"cold >= 7x": cold >= 7, "warm >= 50x": warm >= 50, "macro-F1 within 0.5 points": f1_gap <= 0.5},
+        "macro_f1_gap_points": round(f1_gap, 2),
+    }
 
 
 def bench_predict(work: Path, quick: bool) -> dict:
@@ -119,9 +158,13 @@ def bench_predict(work: Path, quick: bool) -> dict:
     agree = float((probs["per-fold re-encoding"].argmax(1) == probs["shared encoder pass"].argmax(1)).mean())
     base = times["per-fold re-encoding"]
     table = [{"way": k, "seconds": round(s, 1), "speed-up": f"{base / s:.1f}x"} for k, s in times.items()]
-    return {"table": table, "setup": {"test_rows": len(test), "folds": 5, "image_size": size},
-            "max_prob_difference": diff, "argmax_agreement": agree,
-            "targets": {"shared >= 4x": base / times["shared encoder pass"] >= 4}}
+    return {
+        "table": table,
+        "setup": {"test_rows": len(test), "folds": 5, "image_size": size},
+        "max_prob_difference": diff,
+        "argmax_agreement": agree,
+        "targets": {"shared >= 4x": base / times["shared encoder pass"] >= 4},
+    }
 
 
 def bench_datapath(work: Path, quick: bool) -> dict:

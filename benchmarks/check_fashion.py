@@ -37,7 +37,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "../shared/data/fashion-products")
+    ap.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[1] / "../shared/data/fashion-products"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     train = args.data / "train.csv"
@@ -49,8 +51,10 @@ def main() -> int:
     t0 = time.perf_counter()
     clean = run_check(cfg, train)
     clean_s = time.perf_counter() - t0
-    print(f"clean: {clean.n_rows} rows, {clean.n_classes} classes, {len(clean.issue_ids)} products with image "
-          f"problems, {clean_s:.1f} s")
+    print(
+        f"clean: {clean.n_rows} rows, {clean.n_classes} classes, {len(clean.issue_ids)} products with image "
+        f"problems, {clean_s:.1f} s"
+    )
 
     df = pd.read_csv(train, dtype=str)
     rng = np.random.default_rng(args.seed)
@@ -76,16 +80,28 @@ def main() -> int:
     reported = {i.id: i.reason for i in broken.image_issues}
     expected = {**{i: "missing" for i in deleted}, **{i: "truncated" for i in truncated}}
     exact = reported == expected
-    print(f"broken copy: reported {len(reported)} ids ({broken.issue_counts}); exactly the 25 damaged: {exact}; "
-          f"{broken_s:.1f} s")
+    print(
+        f"broken copy: reported {len(reported)} ids ({broken.issue_counts}); exactly the 25 damaged: {exact}; "
+        f"{broken_s:.1f} s"
+    )
 
     result = {
-        "date": date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cpus",
+        "date": date.today().isoformat(),
+        "machine": f"{platform.node()} {os.cpu_count()} cpus",
         "command": "python benchmarks/check_fashion.py",
-        "clean": {"rows": clean.n_rows, "classes": clean.n_classes, "image_problem_ids": len(clean.issue_ids),
-                  "seconds": round(clean_s, 2)},
-        "broken": {"deleted": sorted(deleted), "truncated": sorted(truncated), "reported": reported,
-                   "exact_match": exact, "seconds": round(broken_s, 2)},
+        "clean": {
+            "rows": clean.n_rows,
+            "classes": clean.n_classes,
+            "image_problem_ids": len(clean.issue_ids),
+            "seconds": round(clean_s, 2),
+        },
+        "broken": {
+            "deleted": sorted(deleted),
+            "truncated": sorted(truncated),
+            "reported": reported,
+            "exact_match": exact,
+            "seconds": round(broken_s, 2),
+        },
     }
     out = Path(__file__).parent / "results" / "check_fashion.json"
     out.write_text(json.dumps(result, indent=2))

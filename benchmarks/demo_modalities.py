@@ -29,20 +29,42 @@ def main() -> int:
     runs = []
     for kind in ("image", "text", "fusion"):
         rd = work / "runs" / f"demo-{kind}"
-        code = cli(["-q", "train", "-c", str(ROOT / "configs/demo.yaml"), "--run-dir", str(rd), "--overwrite",
-                    "--set", f"model.type={kind}", "--set", f"data.train_csv={data / 'train.csv'}",
-                    "--set", f"train.epochs={args.epochs}", "--set", f"name=demo-{kind}"])
+        code = cli(
+            [
+                "-q",
+                "train",
+                "-c",
+                str(ROOT / "configs/demo.yaml"),
+                "--run-dir",
+                str(rd),
+                "--overwrite",
+                "--set",
+                f"model.type={kind}",
+                "--set",
+                f"data.train_csv={data / 'train.csv'}",
+                "--set",
+                f"train.epochs={args.epochs}",
+                "--set",
+                f"name=demo-{kind}",
+            ]
+        )
         assert code == 0, kind
         runs.append(rd)
     assert cli(["compare", *map(str, runs), "--out", str(work / "comparison")]) == 0
     rows = {r.name: json.loads((r / "cv_summary.json").read_text())["mean"] for r in runs}
     f1 = {k: v["macro_f1"] for k, v in rows.items()}
     ok = f1["demo-fusion"] > max(f1["demo-image"], f1["demo-text"])
-    out = {"date": date.today().isoformat(), "command": "python benchmarks/demo_modalities.py " + " ".join(sys.argv[1:]),
-           "cv_mean": rows, "fusion_beats_both": ok}
+    out = {
+        "date": date.today().isoformat(),
+        "command": "python benchmarks/demo_modalities.py " + " ".join(sys.argv[1:]),
+        "cv_mean": rows,
+        "fusion_beats_both": ok,
+    }
     (ROOT / "benchmarks" / "results" / "demo_modalities.json").write_text(json.dumps(out, indent=2))
-    print(f"fusion macro-F1 {f1['demo-fusion']:.4f} vs image {f1['demo-image']:.4f}, text {f1['demo-text']:.4f}: "
-          f"fusion beats both = {ok}")
+    print(
+        f"fusion macro-F1 {f1['demo-fusion']:.4f} vs image {f1['demo-image']:.4f}, text {f1['demo-text']:.4f}: "
+        f"fusion beats both = {ok}"
+    )
     return 0 if ok else 1
 
 

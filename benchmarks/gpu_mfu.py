@@ -46,13 +46,25 @@ def build_model(smoke: bool) -> tuple[ProductClassifier, int, int]:
     tok = train_word_tokenizer(texts, vocab_size=30522)
     if smoke:
         image = IMAGE_TOWERS.create("timm", "test_convnext", pretrained=False, image_size=64)
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
         size, length = 64, 16
     else:
         image = IMAGE_TOWERS.create("timm", "convnext_tiny", pretrained=False, image_size=224)
-        cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                         intermediate_size=3072, max_position_embeddings=512)
+        cfg = BertConfig(
+            vocab_size=30522,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+        )
         size, length = 224, 32
     text = HFTextTower("bert-base-shaped", config=cfg, tokenizer=tok, max_length=length)
     return ProductClassifier(image, text, num_classes=84, fusion="concat", head_hidden=512), size, length
@@ -96,11 +108,13 @@ def main() -> int:
     model.image_encoder.use_channels_last()
     criterion = LOSSES.create("ce", label_smoothing=0.1)
     opt = build_optimizer(model, LearningRates(image_encoder=1e-4, text_encoder=5e-5, head=1e-3), 0.01)
-    batch = {"image": torch.randint(0, 256, (batch_size, 1, 3, size, size), dtype=torch.uint8, device=device),
-             "image_mask": torch.ones(batch_size, 1, dtype=torch.bool, device=device),
-             "input_ids": torch.randint(5, len(model.text_encoder.tokenizer), (batch_size, length), device=device),
-             "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
-             "label": torch.randint(0, 84, (batch_size,), device=device)}
+    batch = {
+        "image": torch.randint(0, 256, (batch_size, 1, 3, size, size), dtype=torch.uint8, device=device),
+        "image_mask": torch.ones(batch_size, 1, dtype=torch.bool, device=device),
+        "input_ids": torch.randint(5, len(model.text_encoder.tokenizer), (batch_size, length), device=device),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
+        "label": torch.randint(0, 84, (batch_size,), device=device),
+    }
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
 
     def step() -> None:
@@ -127,14 +141,23 @@ def main() -> int:
     secs = (time.perf_counter() - t0) / steps
     peak = matmul_rate(device, 256 if args.smoke else 8192, torch.bfloat16 if device == "cuda" else torch.float32)
     achieved = flops / secs
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
-              "batch": batch_size, "image_size": size, "text_length": length, "compile": args.compile,
-              "params": sum(p.numel() for p in model.parameters()),
-              "train_flops_per_step": flops, "step_seconds": round(secs, 4),
-              "train_images_per_s": round(batch_size / secs, 1), "achieved_tflops": round(achieved / 1e12, 2),
-              "measured_bf16_matmul_tflops": round(peak / 1e12, 1), "mfu": round(achieved / peak, 3),
-              "date": date.today().isoformat(), "machine": platform.machine(),
-              "command": "python benchmarks/gpu_mfu.py " + " ".join(sys.argv[1:])}
+    result = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
+        "batch": batch_size,
+        "image_size": size,
+        "text_length": length,
+        "compile": args.compile,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_flops_per_step": flops,
+        "step_seconds": round(secs, 4),
+        "train_images_per_s": round(batch_size / secs, 1),
+        "achieved_tflops": round(achieved / 1e12, 2),
+        "measured_bf16_matmul_tflops": round(peak / 1e12, 1),
+        "mfu": round(achieved / peak, 3),
+        "date": date.today().isoformat(),
+        "machine": platform.machine(),
+        "command": "python benchmarks/gpu_mfu.py " + " ".join(sys.argv[1:]),
+    }
     print(json.dumps(result, indent=2))
     if not args.smoke:
         name = "gpu_mfu_compile.json" if args.compile else "gpu_mfu.json"

@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
-from bench_lib import (  # noqa: E402
+import torch
+
+from bench_lib import (
     SHARED,
     bench_accuracy,
     bench_datapath,
@@ -71,14 +72,17 @@ def main() -> int:
     for name in args.only.split(","):
         t0 = time.perf_counter()
         result = BENCHES[name](work / name, quick=args.quick)
-        result.update({
-            "benchmark": name, "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-            "command": "python benchmarks/run.py" + (" --quick" if args.quick else "") + f" --only {name}",
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        })
+        result.update(
+            {
+                "benchmark": name,
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+                "command": "python benchmarks/run.py" + (" --quick" if args.quick else "") + f" --only {name}",
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
         suffix = "_quick" if args.quick else ""
         (out_dir / f"{name}{suffix}.json").write_text(json.dumps(result, indent=2))
         print(_table(name, result["table"]), flush=True)

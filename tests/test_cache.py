@@ -139,7 +139,7 @@ def test_no_stale_reuse_across_datasets(tmp_path, towers):
     fb, _ = tower_features(image, pb, tmp_path / "c")
     assert _close(fb, encode_products(image, pb)[0])
     assert not _close(fa, fb)
-    ta, _ = tower_features(text, pa, tmp_path / "c")
+    tower_features(text, pa, tmp_path / "c")
     tb, _ = tower_features(text, pb, tmp_path / "c")
     assert _close(tb, encode_products(text, pb)[0])
 
@@ -151,16 +151,20 @@ def test_training_with_cache_matches_uncached_head_training(tmp_path):
     from aisle.cli import main
 
     write_demo_catalogue(tmp_path / "cat", n_train=40, n_test=4, seed=8, image_size=32)
-    base = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
-            "model": {"type": "text", "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
-            "train": {"epochs": 2, "batch_size": 8, "stages": [{"name": "s1", "freeze_encoders": True}]},
-            "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")}}
+    base = {
+        "data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+        "model": {"type": "text", "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
+        "train": {"epochs": 2, "batch_size": 8, "stages": [{"name": "s1", "freeze_encoders": True}]},
+        "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")},
+    }
     results = {}
     for flag in (True, False):
         cfg = {**base, "runtime": {**base["runtime"], "feature_cache": flag}}
         (tmp_path / f"{flag}.yaml").write_text(yaml.safe_dump(cfg))
         assert main(["-q", "train", "-c", str(tmp_path / f"{flag}.yaml"), "--run-dir", str(tmp_path / str(flag))]) == 0
-        results[flag] = pd.read_csv(tmp_path / str(flag) / "s1" / "oof.csv").drop(columns=["id", "fold", "label", "pred"])
+        results[flag] = pd.read_csv(tmp_path / str(flag) / "s1" / "oof.csv").drop(
+            columns=["id", "fold", "label", "pred"]
+        )
     assert any((tmp_path / "cache").rglob("*.npy"))
     assert np.allclose(results[True].to_numpy(), results[False].to_numpy(), atol=2e-3)
 
@@ -175,15 +179,30 @@ def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
     write_demo_catalogue(tmp_path / "cat", n_train=40, n_test=4, seed=8, image_size=32)
     calls = []
     real = encode.tower_features
-    monkeypatch.setattr(encode, "tower_features", lambda tower, *a, **k: calls.append(tower.modality) or real(tower, *a, **k))
-    cfg = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
-           "model": {"type": "fusion", "image_size": 32, "head_hidden": 16,
-                     "image": {"name": "timm:test_resnet", "pretrained": False},
-                     "text": {"name": "tiny:bert", "max_length": 16}},
-           "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")},
-           "train": {"epochs": 1, "batch_size": 8,
-                     "stages": [{"name": "s1", "freeze_encoders": True}, {"name": "s2", "freeze_encoders": True},
-                                {"name": "s3"}, {"name": "s4", "freeze_encoders": True, "init_from": "s3"}]}}
+    monkeypatch.setattr(
+        encode, "tower_features", lambda tower, *a, **k: calls.append(tower.modality) or real(tower, *a, **k)
+    )
+    cfg = {
+        "data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+        "model": {
+            "type": "fusion",
+            "image_size": 32,
+            "head_hidden": 16,
+            "image": {"name": "timm:test_resnet", "pretrained": False},
+            "text": {"name": "tiny:bert", "max_length": 16},
+        },
+        "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")},
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "stages": [
+                {"name": "s1", "freeze_encoders": True},
+                {"name": "s2", "freeze_encoders": True},
+                {"name": "s3"},
+                {"name": "s4", "freeze_encoders": True, "init_from": "s3"},
+            ],
+        },
+    }
     run_cv(validate_config(cfg), tmp_path / "run")
     assert sorted(calls) == sorted(["image", "text"] + ["image", "text"] * 2)
 
@@ -205,8 +224,9 @@ def test_decoded_image_cache(catalogue, tmp_path):
     assert np.array_equal(np.asarray(again.pixels), np.asarray(dec.pixels))
     sub = dec.subset(np.array([ok, broken[0]]))
     assert torch.equal(sub.image(0), dec.image(ok)) and sub.image(1) is None
-    ds = ProductDataset(products, image_transform=build_image_transform(32, train=False),
-                        precomputed=Precomputed(decoded=dec))
+    ds = ProductDataset(
+        products, image_transform=build_image_transform(32, train=False), precomputed=Precomputed(decoded=dec)
+    )
     item = ds[ok]
     assert item["image"].shape == (1, 3, 32, 32) and item["image_mask"].all()
     assert not ds[broken[0]]["image_mask"].any()

@@ -18,8 +18,15 @@ EXPECTED_ISSUES = [("p4", "missing"), ("p5", "missing"), ("p6", "truncated"), ("
 
 @pytest.fixture
 def catalogue(make_catalogue):
-    rows = [{"id": f"p{i}", "title": f"product {i}", "description": "" if i == 3 else "desc",
-             "categories": "a" if i % 2 else "b"} for i in range(8)]
+    rows = [
+        {
+            "id": f"p{i}",
+            "title": f"product {i}",
+            "description": "" if i == 3 else "desc",
+            "categories": "a" if i % 2 else "b",
+        }
+        for i in range(8)
+    ]
     images = {f"p{i}.jpg": (40 * i, 100, 200) for i in range(4)}
     images.update({"p1_2.png": (9, 9, 9), "p6.jpg": "truncated", "p7.jpg": "empty"})  # p4, p5: no file
     return make_catalogue(rows, images=images)

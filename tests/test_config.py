@@ -31,8 +31,10 @@ def test_defaults_load() -> None:
 
 
 def test_yaml_overrides_defaults_and_keeps_the_rest(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "c.yaml", {"name": "mine", "data": {"folds": 3, "multi_image": "mean_pool"},
-                                             "train": {"lr": {"head": 1e-3}}})
+    path = write_yaml(
+        tmp_path / "c.yaml",
+        {"name": "mine", "data": {"folds": 3, "multi_image": "mean_pool"}, "train": {"lr": {"head": 1e-3}}},
+    )
     cfg = load_config(path)
     assert cfg.name == "mine"
     assert cfg.data.folds == 3
@@ -225,11 +227,18 @@ def test_bad_stage_references_fail(stages: str, needle: str) -> None:
 
 
 def test_save_config_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(overrides=[
-        "name=rt", "data.text_cols=[title]", "data.text_prefixes={title: 'Title: '}", "model.fusion=gated",
-        "train.lr.head=0.003", "train.stages=[{name: s1, epochs: 1}, {name: s2, init_from: s1}]",
-        "runtime.devices=2", "infer.scales=[224, 288]",
-    ])
+    cfg = load_config(
+        overrides=[
+            "name=rt",
+            "data.text_cols=[title]",
+            "data.text_prefixes={title: 'Title: '}",
+            "model.fusion=gated",
+            "train.lr.head=0.003",
+            "train.stages=[{name: s1, epochs: 1}, {name: s2, init_from: s1}]",
+            "runtime.devices=2",
+            "infer.scales=[224, 288]",
+        ]
+    )
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert path.is_file()
     text = path.read_text()

@@ -22,8 +22,9 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
-    return write_demo_catalogue(tmp_path_factory.mktemp("demo"), n_train=N_TRAIN, n_test=N_TEST, seed=3,
-                                image_size=SIZE)
+    return write_demo_catalogue(
+        tmp_path_factory.mktemp("demo"), n_train=N_TRAIN, n_test=N_TEST, seed=3, image_size=SIZE
+    )
 
 
 def test_files_and_columns(demo: DemoSummary) -> None:

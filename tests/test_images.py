@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from aisle.config import DataConfig
-from aisle.data.dataset import ImageReading
 from aisle.data import (
     ProductDataset,
     build_image_index,
@@ -22,6 +21,7 @@ from aisle.data import (
     open_image,
     probe_image,
 )
+from aisle.data.dataset import ImageReading
 from conftest import noise_jpeg_bytes, write_broken, write_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -56,8 +56,9 @@ def test_greyscale_image_is_converted_to_rgb(tmp_path: Path) -> None:
     assert reason is None and image.mode == "RGB" and image.getpixel((0, 0)) == (77, 77, 77)
 
 
-@pytest.mark.parametrize(("kind", "reason"), [("empty", "empty_file"), ("truncated", "truncated"),
-                                              ("text", "not_an_image")])
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("empty", "empty_file"), ("truncated", "truncated"), ("text", "not_an_image")]
+)
 def test_broken_file_reasons(tmp_path: Path, kind: str, reason: str) -> None:
     path = write_broken(tmp_path / "x.jpg", kind)
     assert open_image(path, [tmp_path]) == (None, reason)
@@ -178,8 +179,8 @@ def test_index_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_image_column_with_several_relative_paths(make_catalogue) -> None:
     cat = make_catalogue(
-        [{"id": "a", "image": "pics/a1.jpg; pics/a2.png"}, {"id": "b", "image": ""},
-         {"id": "c", "image": "pics/c.jpg"}])
+        [{"id": "a", "image": "pics/a1.jpg; pics/a2.png"}, {"id": "b", "image": ""}, {"id": "c", "image": "pics/c.jpg"}]
+    )
     write_image(cat.root / "pics" / "a1.jpg")
     write_image(cat.root / "pics" / "a2.png")
     products = load_products(cat.csv, DataConfig())
@@ -212,9 +213,10 @@ def test_image_column_path_outside_root_is_refused(make_catalogue, tmp_path: Pat
 @pytest.fixture
 def broken_catalogue(make_catalogue, tmp_path: Path):
     ids = ["good", "missing", "empty", "trunc", "text", "bomb", "symlink"]
-    cat = make_catalogue([{"id": i, "title": f"t {i}", "label": "x"} for i in ids],
-                         images={"good.jpg": RED, "empty.jpg": "empty", "trunc.jpg": "truncated",
-                                 "text.jpg": "text"})
+    cat = make_catalogue(
+        [{"id": i, "title": f"t {i}", "label": "x"} for i in ids],
+        images={"good.jpg": RED, "empty.jpg": "empty", "trunc.jpg": "truncated", "text.jpg": "text"},
+    )
     write_image(cat.images / "bomb.png", RED, size=80)  # 6400 pixels; the truncated JPEG has 4096
     (cat.images / "symlink.jpg").symlink_to(write_image(tmp_path / "elsewhere.jpg", RED))
     return cat
@@ -226,17 +228,30 @@ def test_dataset_turns_every_broken_image_into_a_masked_placeholder(broken_catal
     with caplog.at_level(logging.WARNING, logger="aisle"):
         items = [ds[i] for i in range(len(ds))]
     masks = {it["id"]: it["image_mask"].tolist() for it in items}
-    assert masks == {"good": [True], "missing": [False], "empty": [False], "trunc": [False], "text": [False],
-                     "bomb": [False], "symlink": [False]}
+    assert masks == {
+        "good": [True],
+        "missing": [False],
+        "empty": [False],
+        "trunc": [False],
+        "text": [False],
+        "bomb": [False],
+        "symlink": [False],
+    }
     for it in items:
         assert it["image"].shape == (1, 3, SIZE, SIZE)
         assert torch.isfinite(it["image"]).all()
     reasons = {}
     for record in caplog.records:
         msg = record.getMessage()
-        reasons[msg.split(":")[0].removeprefix("product ")] = msg[msg.rindex("(") + 1: msg.rindex(")")]
-    assert reasons == {"missing": "missing", "empty": "empty_file", "trunc": "truncated", "text": "not_an_image",
-                       "bomb": "decompression_bomb", "symlink": "outside_data_root"}
+        reasons[msg.split(":")[0].removeprefix("product ")] = msg[msg.rindex("(") + 1 : msg.rindex(")")]
+    assert reasons == {
+        "missing": "missing",
+        "empty": "empty_file",
+        "trunc": "truncated",
+        "text": "not_an_image",
+        "bomb": "decompression_bomb",
+        "symlink": "outside_data_root",
+    }
 
 
 def test_dataset_warns_once_per_id(broken_catalogue, caplog) -> None:
@@ -248,8 +263,12 @@ def test_dataset_warns_once_per_id(broken_catalogue, caplog) -> None:
 
 
 def test_dataloader_runs_through_broken_images(broken_catalogue) -> None:
-    ds = ProductDataset(load_products(broken_catalogue.csv, DataConfig()), image_transform=EVAL_TF,
-                        reading=ImageReading(max_pixels=5000), text_transform=build_whitespace_text_transform({"t": 2}, max_length=5))
+    ds = ProductDataset(
+        load_products(broken_catalogue.csv, DataConfig()),
+        image_transform=EVAL_TF,
+        reading=ImageReading(max_pixels=5000),
+        text_transform=build_whitespace_text_transform({"t": 2}, max_length=5),
+    )
     batches = list(DataLoader(ds, batch_size=4, num_workers=0))
     assert [b["image"].shape[0] for b in batches] == [4, 3]
     mask = torch.cat([b["image_mask"] for b in batches])
@@ -274,10 +293,17 @@ def test_dataset_item_contract(make_catalogue) -> None:
 
 @pytest.fixture
 def multi_products(make_catalogue):
-    cat = make_catalogue([{"id": "p"}, {"id": "q"}, {"id": "none"}, {"id": "many"}],
-                         images={"p.png": RED, "p_1.png": GREEN, "p_2.png": BLUE,
-                                 "q.png": RED, "q_1.png": "truncated",
-                                 **{f"many_{k}.png": GREEN for k in range(1, 7)}})
+    cat = make_catalogue(
+        [{"id": "p"}, {"id": "q"}, {"id": "none"}, {"id": "many"}],
+        images={
+            "p.png": RED,
+            "p_1.png": GREEN,
+            "p_2.png": BLUE,
+            "q.png": RED,
+            "q_1.png": "truncated",
+            **{f"many_{k}.png": GREEN for k in range(1, 7)},
+        },
+    )
     return load_products(cat.csv, DataConfig())
 
 
@@ -340,8 +366,9 @@ def test_train_transform_matches_torchvision_compose(as_tensor: bool) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)  # not square: crop boxes differ per draw
     image = torch.from_numpy(pixels).permute(2, 0, 1) if as_tensor else Image.fromarray(pixels)
-    ref = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(24, scale=(0.3, 1.0), antialias=True),
-                      v2.RandomHorizontalFlip(0.5)])
+    ref = v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(24, scale=(0.3, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5)]
+    )
     ours = build_image_transform(24, train=True, crop_scale=(0.3, 1.0), normalize=False)
     outs = []
     for seed in range(12):

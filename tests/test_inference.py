@@ -24,12 +24,21 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("inf")
     cat = root / "cat"
     write_demo_catalogue(cat, n_train=60, n_test=24, seed=2, image_size=32)
-    cfg = {"name": "r", "output_dir": str(root / "runs"),
-           "data": {"train_csv": str(cat / "train.csv"), "folds": 2},
-           "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
-                     "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
-                     "head_hidden": 16},
-           "train": {"epochs": 2, "batch_size": 16, "lr": {"default": 3e-3}}, "runtime": {"num_workers": 0}}
+    cfg = {
+        "name": "r",
+        "output_dir": str(root / "runs"),
+        "data": {"train_csv": str(cat / "train.csv"), "folds": 2},
+        "model": {
+            "type": "fusion",
+            "image": {"name": "timm:test_resnet", "pretrained": False},
+            "text": {"name": "tiny:bert", "max_length": 16},
+            "image_size": 32,
+            "fusion_dim": 16,
+            "head_hidden": 16,
+        },
+        "train": {"epochs": 2, "batch_size": 16, "lr": {"default": 3e-3}},
+        "runtime": {"num_workers": 0},
+    }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(root / "cfg.yaml"), "--run-dir", str(root / "run")]) == 0
     return root / "run", cat
@@ -112,13 +121,16 @@ def test_evaluate_agrees_with_sklearn(trained, tmp_path):
     truth = p[["id"]].merge(pd.read_csv(cat / "test_labels.csv", dtype=str), on="id")["categories"]
     pred = p.drop(columns="id").idxmax(axis=1)
     assert ev.metrics["acc"] == pytest.approx(accuracy_score(truth, pred))
-    assert ev.metrics["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro", labels=sorted(set(truth)),
-                                                            zero_division=0))
+    assert ev.metrics["macro_f1"] == pytest.approx(
+        f1_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0)
+    )
     assert ev.metrics["weighted_f1"] == pytest.approx(f1_score(truth, pred, average="weighted", zero_division=0))
     assert ev.metrics["macro_precision"] == pytest.approx(
-        precision_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0))
+        precision_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0)
+    )
     assert ev.metrics["macro_recall"] == pytest.approx(
-        recall_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0))
+        recall_score(truth, pred, average="macro", labels=sorted(set(truth)), zero_division=0)
+    )
     assert int(ev.confusion.to_numpy().sum()) == len(truth)
     assert np.trace(ev.confusion.to_numpy()) == int((truth.to_numpy() == pred.to_numpy()).sum())
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png"):

@@ -7,8 +7,17 @@ import torch
 from transformers import BertConfig
 
 from aisle.config import MODEL_TOWERS, ModelConfig
-from aisle.models import (DUAL_ENCODERS, FUSIONS, IMAGE_TOWERS, TEXT_TOWERS, ProductClassifier, Registry,
-                          create_classifier, parse_tower_name, set_trainable)
+from aisle.models import (
+    DUAL_ENCODERS,
+    FUSIONS,
+    IMAGE_TOWERS,
+    TEXT_TOWERS,
+    ProductClassifier,
+    Registry,
+    create_classifier,
+    parse_tower_name,
+    set_trainable,
+)
 from aisle.models.text_towers import HFTextTower
 from aisle.models.tokenizer import train_word_tokenizer
 
@@ -17,8 +26,11 @@ B = 3
 
 
 def _batch(image_size: int, k: int = 1, tokenize=None) -> dict:
-    batch = {"image": torch.randn(B, k, 3, image_size, image_size),
-             "image_mask": torch.ones(B, k, dtype=torch.bool), "label": torch.tensor([0, 1, 2])}
+    batch = {
+        "image": torch.randn(B, k, 3, image_size, image_size),
+        "image_mask": torch.ones(B, k, dtype=torch.bool),
+        "label": torch.tensor([0, 1, 2]),
+    }
     batch["image_mask"][0, 1:] = False
     if tokenize is not None:
         batch.update(tokenize(TEXTS[:B]))
@@ -40,8 +52,14 @@ def test_all_entries_covered():
 def _text_tower(prefix: str):
     if prefix == "hf":
         tok = train_word_tokenizer(TEXTS, vocab_size=99)
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=64)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
         return HFTextTower("hf-test", config=cfg, tokenizer=tok, max_length=16)
     return TEXT_TOWERS.create(prefix, TEXT_CASES[prefix], texts=TEXTS)
 
@@ -125,15 +143,25 @@ def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
     from aisle.models import save_model_assets
     from aisle.serialization import load_weights, save_weights
 
-    sections = {"image": {"name": "timm:test_resnet", "pretrained": False},
-                "text": {"name": "tiny:bert", "max_length": 16}, "dual": {"name": "hf-clip:tiny"}}
-    mcfg = ModelConfig.model_validate({"type": mtype, "image_size": 32, "fusion_dim": 16, "head_hidden": 16,
-                                       **{k: v for k, v in sections.items() if k in MODEL_TOWERS[mtype].values()}})
+    sections = {
+        "image": {"name": "timm:test_resnet", "pretrained": False},
+        "text": {"name": "tiny:bert", "max_length": 16},
+        "dual": {"name": "hf-clip:tiny"},
+    }
+    mcfg = ModelConfig.model_validate(
+        {
+            "type": mtype,
+            "image_size": 32,
+            "fusion_dim": 16,
+            "head_hidden": 16,
+            **{k: v for k, v in sections.items() if k in MODEL_TOWERS[mtype].values()},
+        }
+    )
     model = create_classifier(mcfg, 4, TEXTS).eval()
     save_model_assets(model, mcfg, tmp_path / "assets")
     save_weights(model, tmp_path / "w.safetensors")
     again = load_weights(create_classifier(mcfg, 4, assets=tmp_path / "assets"), tmp_path / "w.safetensors").eval()
-    tok = (model.text_encoder.tokenize if model.text_encoder is not None else None)
+    tok = model.text_encoder.tokenize if model.text_encoder is not None else None
     batch = _batch(32, tokenize=tok)
     with torch.no_grad():
         assert torch.allclose(model(batch)["logits"], again(batch)["logits"], atol=1e-5)
@@ -161,8 +189,11 @@ def test_uint8_pixels_are_normalised_by_the_tower(kind):
     from aisle.data.transforms import build_image_transform
 
     torch.manual_seed(0)
-    tower = (IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32) if kind == "timm"
-             else DUAL_ENCODERS.create(kind, "tiny", pretrained=False, texts=TEXTS).image).eval()
+    tower = (
+        IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32)
+        if kind == "timm"
+        else DUAL_ENCODERS.create(kind, "tiny", pretrained=False, texts=TEXTS).image
+    ).eval()
     pre = tower.preprocess
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)) for i in range(B)]
     raw = torch.stack([build_image_transform(pre.size, False, pre.mean, pre.std, normalize=False)(im) for im in images])

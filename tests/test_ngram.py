@@ -1,4 +1,4 @@
-"""The ngram: text tower: exactly a projection of binary TF-IDF, trained in frozen-encoder stages, rebuilt by predict."""
+"""The ngram: text tower: a projection of binary TF-IDF, trained in frozen-encoder stages, rebuilt by predict."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from aisle.config import validate_config
@@ -16,10 +17,15 @@ from aisle.data.demo import write_demo_catalogue
 from aisle.inference import predict
 from aisle.models.ngram import NgramTextTower, parse_ngram_spec
 from aisle.training import run_cv
-from safetensors.torch import load_file
 
-TEXTS = ["Red running shoes", "Blue running shorts", "red leather heels", "Leather shoes, brown",
-         "blue denim shorts", "running shoes for men"]
+TEXTS = [
+    "Red running shoes",
+    "Blue running shorts",
+    "red leather heels",
+    "Leather shoes, brown",
+    "blue denim shorts",
+    "running shoes for men",
+]
 
 
 def test_features_are_the_binary_tfidf_vector_projected_by_the_embedding() -> None:
@@ -65,15 +71,27 @@ def test_no_training_texts_is_a_clear_error() -> None:
 def test_trains_in_a_frozen_encoder_stage_and_predict_rebuilds_it(tmp_path: Path) -> None:
     cat = tmp_path / "cat"
     write_demo_catalogue(cat, n_train=60, n_test=12, seed=3, image_size=32)
-    cfg = validate_config({
-        "name": "ng", "data": {"train_csv": str(cat / "train.csv"), "folds": 2},
-        "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
-                  "text": {"name": "ngram:word1-2,char2-4", "embed_dim": 16}, "image_size": 32,
-                  "fusion_dim": 16, "head_hidden": 16},
-        "train": {"epochs": 2, "batch_size": 16, "lr": {"default": 1e-2},
-                  "stages": [{"name": "stage1", "freeze_encoders": True}]},
-        "runtime": {"num_workers": 0, "feature_cache": True, "cache_dir": str(tmp_path / "cache")},
-    })
+    cfg = validate_config(
+        {
+            "name": "ng",
+            "data": {"train_csv": str(cat / "train.csv"), "folds": 2},
+            "model": {
+                "type": "fusion",
+                "image": {"name": "timm:test_resnet", "pretrained": False},
+                "text": {"name": "ngram:word1-2,char2-4", "embed_dim": 16},
+                "image_size": 32,
+                "fusion_dim": 16,
+                "head_hidden": 16,
+            },
+            "train": {
+                "epochs": 2,
+                "batch_size": 16,
+                "lr": {"default": 1e-2},
+                "stages": [{"name": "stage1", "freeze_encoders": True}],
+            },
+            "runtime": {"num_workers": 0, "feature_cache": True, "cache_dir": str(tmp_path / "cache")},
+        }
+    )
     run = tmp_path / "run"
     run_cv(cfg, run, overwrite=True)
     saved = json.loads((run / "assets/text/ngram_vocab.json").read_text())
@@ -94,9 +112,17 @@ def test_freeze_encoders_leaves_a_from_scratch_tower_trainable() -> None:
     from aisle.models import create_classifier
     from aisle.training.fold import apply_freezing as _apply_freezing
 
-    cfg = validate_config({"data": {"train_csv": "x.csv"},
-                           "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
-                                     "text": {"name": "ngram:word1-1"}, "image_size": 32}})
+    cfg = validate_config(
+        {
+            "data": {"train_csv": "x.csv"},
+            "model": {
+                "type": "fusion",
+                "image": {"name": "timm:test_resnet", "pretrained": False},
+                "text": {"name": "ngram:word1-1"},
+                "image_size": 32,
+            },
+        }
+    )
     model = create_classifier(cfg.model, 3, TEXTS)
     frozen = _apply_freezing(model, cfg, StageConfig(name="s1", freeze_encoders=True))
     assert frozen == ("image_encoder",)

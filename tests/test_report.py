@@ -24,9 +24,13 @@ def runs(tmp_path_factory) -> list[Path]:
     write_demo_catalogue(root / "cat", n_train=48, n_test=8, seed=3, image_size=32)
     out = []
     for kind in ("text", "fusion"):
-        cfg = {"name": kind, "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2},
-               "model": {"type": kind, "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
-               "train": {"epochs": 2, "batch_size": 16}, "runtime": {"num_workers": 0}}
+        cfg = {
+            "name": kind,
+            "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2},
+            "model": {"type": kind, "text": {"name": "tiny:bert", "max_length": 16}, "head_hidden": 16},
+            "train": {"epochs": 2, "batch_size": 16},
+            "runtime": {"num_workers": 0},
+        }
         if kind == "fusion":
             cfg["model"].update(image={"name": "timm:test_resnet", "pretrained": False}, image_size=32, fusion_dim=16)
         (root / f"{kind}.yaml").write_text(yaml.safe_dump(cfg))
@@ -40,7 +44,7 @@ def test_compare_writes_table_and_plots(runs, tmp_path):
     df = pd.read_csv(tmp_path / "comparison.csv")
     assert set(df["run"]) == {"text", "fusion"}
     assert df["macro_f1"].is_monotonic_decreasing
-    assert (df.loc[df["run"] == "fusion", "params"].iloc[0] > df.loc[df["run"] == "text", "params"].iloc[0])
+    assert df.loc[df["run"] == "fusion", "params"].iloc[0] > df.loc[df["run"] == "text", "params"].iloc[0]
     for name in ("radar.png", "params_vs_time.png", "curves.png", "table.png"):
         assert Image.open(tmp_path / name).size[0] > 100
     assert main(["compare", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a run folder
@@ -50,16 +54,26 @@ def test_report_html_is_self_contained(runs):
     assert main(["report", str(runs[1])]) == 0
     page = (runs[1] / "report.html").read_text()
     assert 'id="title"' in page and "Most confident errors" in page
-    assert "src=\"file:" not in page and "src=\"/" not in page, "pictures must be embedded"
+    assert 'src="file:' not in page and 'src="/' not in page, "pictures must be embedded"
     assert page.count("data:image/png;base64,") >= 3
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium here (apt-get install chromium; .ci/run does)")
 def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert main(["report", str(runs[1]), "--out", str(tmp_path / "r.html")]) == 0
-    flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    flags = [
+        BROWSER,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1600",
+    ]
     url = (tmp_path / "r.html").as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert "aisle report: fusion" in dom

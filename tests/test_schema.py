@@ -52,8 +52,13 @@ def test_text_columns_inferred(columns: list[str], text_cols: tuple[str, ...]) -
 
 @pytest.mark.parametrize(
     ("columns", "image_col"),
-    [(["id", "image"], "image"), (["id", "image_path"], "image_path"), (["id", "images"], "images"),
-     (["id", "image_paths"], "image_paths"), (["id", "title"], None)],
+    [
+        (["id", "image"], "image"),
+        (["id", "image_path"], "image_path"),
+        (["id", "images"], "images"),
+        (["id", "image_paths"], "image_paths"),
+        (["id", "title"], None),
+    ],
 )
 def test_image_column_inferred(columns: list[str], image_col: str | None) -> None:
     df = pd.DataFrame({c: ["x"] for c in columns})
@@ -61,8 +66,17 @@ def test_image_column_inferred(columns: list[str], image_col: str | None) -> Non
 
 
 def test_explicit_columns_win() -> None:
-    df = frame(sku=["1"], id=["a"], cat=["c"], label=["l"], name=["n"], blurb=["b"], title=["t"], pic=["p.jpg"],
-               image=["i.jpg"])
+    df = frame(
+        sku=["1"],
+        id=["a"],
+        cat=["c"],
+        label=["l"],
+        name=["n"],
+        blurb=["b"],
+        title=["t"],
+        pic=["p.jpg"],
+        image=["i.jpg"],
+    )
     cfg = DataConfig(id_col="sku", label_col="cat", text_cols=["blurb", "name"], image_col="pic")
     schema = infer_schema(df, cfg)
     assert schema == ProductSchema("sku", "cat", ("blurb", "name"), "pic", {})
@@ -70,13 +84,16 @@ def test_explicit_columns_win() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "what"),
-    [({"id_col": "sku"}, "id"), ({"label_col": "cat"}, "label"), ({"text_cols": ["title", "body"]}, "text"),
-     ({"image_col": "pic"}, "image")],
+    [
+        ({"id_col": "sku"}, "id"),
+        ({"label_col": "cat"}, "label"),
+        ({"text_cols": ["title", "body"]}, "text"),
+        ({"image_col": "pic"}, "image"),
+    ],
 )
 def test_explicit_missing_column_is_named(setting: dict, what: str) -> None:
     df = frame(id=["a"], title=["t"], label=["l"])
-    missing = next(v for v in [setting.get("id_col"), setting.get("label_col"), setting.get("image_col"), "body"]
-                   if v)
+    missing = next(v for v in [setting.get("id_col"), setting.get("label_col"), setting.get("image_col"), "body"] if v)
     with pytest.raises(ValueError) as info:
         infer_schema(df, DataConfig(**setting), source="products.csv")
     msg = str(info.value)
@@ -105,9 +122,11 @@ def test_prefix_for_a_non_text_column_is_an_error() -> None:
 
 
 def test_build_texts_keeps_column_order_and_drops_empty_parts() -> None:
-    df = frame(id=["1", "2", "3", "4", "5"],
-               title=["Red shirt", None, "  ", "Mug", np.nan],
-               description=["Cotton", "Only desc", "Desc3", "", np.nan])
+    df = frame(
+        id=["1", "2", "3", "4", "5"],
+        title=["Red shirt", None, "  ", "Mug", np.nan],
+        description=["Cotton", "Only desc", "Desc3", "", np.nan],
+    )
     schema = infer_schema(df, DEFAULT)
     texts = build_texts(df, schema, sep=" | ")
     assert texts.dtype == object
@@ -133,8 +152,9 @@ def test_no_text_columns_gives_empty_strings() -> None:
 
 
 def test_read_csv_keeps_ids_and_text_as_strings(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "t.csv", [{"id": "007", "title": "NA", "label": "10"},
-                                           {"id": "010", "title": "", "label": "2"}])
+    path = write_csv(
+        tmp_path / "t.csv", [{"id": "007", "title": "NA", "label": "10"}, {"id": "010", "title": "", "label": "2"}]
+    )
     df = read_table(path)
     assert df["id"].tolist() == ["007", "010"]  # leading zeros survive
     assert df["title"].iloc[0] == "NA"  # not read as missing
@@ -167,8 +187,13 @@ def test_read_table_errors(tmp_path: Path) -> None:
 
 
 def test_empty_id_error_names_the_csv_line(tmp_path: Path) -> None:
-    rows = [{"id": "a", "title": "t"}, {"id": "b", "title": "t"}, {"id": "", "title": "t"},
-            {"id": "d", "title": "t"}, {"id": "  ", "title": "t"}]
+    rows = [
+        {"id": "a", "title": "t"},
+        {"id": "b", "title": "t"},
+        {"id": "", "title": "t"},
+        {"id": "d", "title": "t"},
+        {"id": "  ", "title": "t"},
+    ]
     path = write_csv(tmp_path / "t.csv", rows)
     with pytest.raises(ValueError) as info:
         load_products(path, DEFAULT)
@@ -179,9 +204,13 @@ def test_empty_id_error_names_the_csv_line(tmp_path: Path) -> None:
 
 
 def test_load_products_resolves_columns_and_texts(make_catalogue) -> None:
-    cat = make_catalogue([{"id": "a", "title": "Shirt", "description": "Blue", "label": "clothes"},
-                          {"id": "b", "title": "", "description": "Ceramic", "label": ""}],
-                         images={"a.jpg": (1, 2, 3)})
+    cat = make_catalogue(
+        [
+            {"id": "a", "title": "Shirt", "description": "Blue", "label": "clothes"},
+            {"id": "b", "title": "", "description": "Ceramic", "label": ""},
+        ],
+        images={"a.jpg": (1, 2, 3)},
+    )
     products = load_products(cat.csv, DEFAULT)
     assert products.schema.label_col == "label"
     assert products.texts.tolist() == ["Shirt. Blue", "Ceramic"]
@@ -190,6 +219,7 @@ def test_load_products_resolves_columns_and_texts(make_catalogue) -> None:
 
 
 def test_empty_label_cell_is_unlabelled(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "t.csv", [{"id": "a", "label": "x"}, {"id": "b", "label": ""},
-                                           {"id": "c", "label": "  "}])
+    path = write_csv(
+        tmp_path / "t.csv", [{"id": "a", "label": "x"}, {"id": "b", "label": ""}, {"id": "c", "label": "  "}]
+    )
     assert load_products(path, DEFAULT).labels.tolist() == ["x", None, None]

@@ -12,13 +12,18 @@ from aisle.models import create_classifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models"
 LITE0, MINILM = SHARED / "tf_efficientnet_lite0", SHARED / "all-MiniLM-L6-v2"
-pytestmark = pytest.mark.skipif(not (LITE0.is_dir() and MINILM.is_dir()),
-                                reason=f"shared pretrained towers not found under {SHARED}")
+pytestmark = pytest.mark.skipif(
+    not (LITE0.is_dir() and MINILM.is_dir()), reason=f"shared pretrained towers not found under {SHARED}"
+)
 
 
 def test_local_dir_towers_load_with_their_own_preprocessing():
-    mcfg = ModelConfig(type="fusion", image={"name": f"timm:local-dir:{LITE0}"},
-                       text={"name": f"hf:{MINILM}", "pooler": "mean", "max_length": 32}, head_hidden=0)
+    mcfg = ModelConfig(
+        type="fusion",
+        image={"name": f"timm:local-dir:{LITE0}"},
+        text={"name": f"hf:{MINILM}", "pooler": "mean", "max_length": 32},
+        head_hidden=0,
+    )
     model = create_classifier(mcfg, num_classes=3).eval()
     pre = model.image_encoder.preprocess
     assert (pre.size, pre.mean, pre.std, pre.interpolation) == (224, (0.5,) * 3, (0.5,) * 3, "bicubic")

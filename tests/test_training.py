@@ -16,10 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from aisle.serialization import excluded_prefixes
-
 from aisle.cli import main
 from aisle.data.demo import write_demo_catalogue
+from aisle.serialization import excluded_prefixes
 
 FOLD_FILES = ["best.safetensors", "best.json", "history.csv", "oof.csv", "done.json"]
 
@@ -33,11 +32,17 @@ def catalogue(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, catalogue: Path, runtime: dict | None = None, **train) -> Path:
     cfg = {
-        "name": "t", "output_dir": str(tmp_path / "runs"),
+        "name": "t",
+        "output_dir": str(tmp_path / "runs"),
         "data": {"train_csv": str(catalogue / "train.csv"), "folds": 2},
-        "model": {"type": "fusion", "image": {"name": "timm:test_resnet", "pretrained": False},
-                  "text": {"name": "tiny:bert", "max_length": 16}, "image_size": 32, "fusion_dim": 16,
-                  "head_hidden": 16},
+        "model": {
+            "type": "fusion",
+            "image": {"name": "timm:test_resnet", "pretrained": False},
+            "text": {"name": "tiny:bert", "max_length": 16},
+            "image_size": 32,
+            "fusion_dim": 16,
+            "head_hidden": 16,
+        },
         "train": {"epochs": 1, "batch_size": 16, "lr": {"default": 3e-3}, **train},
         "runtime": {"num_workers": 0, **(runtime or {})},
     }
@@ -49,8 +54,15 @@ def _config(tmp_path: Path, catalogue: Path, runtime: dict | None = None, **trai
 def test_cli_train_writes_complete_run_folder(tmp_path, catalogue):
     rd = tmp_path / "run"
     assert main(["train", "-c", str(_config(tmp_path, catalogue)), "--run-dir", str(rd)]) == 0
-    for name in ("config.yaml", "label_map.json", "folds.csv", "cv_summary.json", "main/oof.csv",
-                 "assets/towers.json", "assets/text/tokenizer.json"):
+    for name in (
+        "config.yaml",
+        "label_map.json",
+        "folds.csv",
+        "cv_summary.json",
+        "main/oof.csv",
+        "assets/towers.json",
+        "assets/text/tokenizer.json",
+    ):
         assert (rd / name).exists(), name
     for k in (0, 1):
         for name in FOLD_FILES:
@@ -87,14 +99,17 @@ def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(fold, "load_weights", lambda m, p, **k: (loaded.append(Path(p)), real(m, p, **k))[1])
     stages = [{"name": "head", "freeze_encoders": True}, {"name": "full", "init_from": "head"}]
     rd = tmp_path / "run"
-    assert main(["train", "-c", str(_config(tmp_path, catalogue, stages=stages)), "--run-dir", str(rd),
-                 "--fold", "0"]) == 0
+    assert (
+        main(["train", "-c", str(_config(tmp_path, catalogue, stages=stages)), "--run-dir", str(rd), "--fold", "0"])
+        == 0
+    )
     assert rd / "head" / "fold_0" / "best.safetensors" in loaded
     template = load_file(str(rd / "template.safetensors"))
     head = load_file(str(rd / "head" / "fold_0" / "best.safetensors"))
     full = load_file(str(rd / "full" / "fold_0" / "best.safetensors"))
-    enc = [k for k in template if k.startswith("image_encoder.") and template[k].is_floating_point()
-           and "running" not in k]
+    enc = [
+        k for k in template if k.startswith("image_encoder.") and template[k].is_floating_point() and "running" not in k
+    ]
     # stage 1 leaves its frozen towers out of the checkpoint: they are the template's, taken from there
     assert enc and not any(k.startswith(("image_encoder.", "text_encoder.")) for k in head)
     assert excluded_prefixes(rd / "head" / "fold_0" / "best.safetensors") == ["image_encoder.", "text_encoder."]
@@ -110,8 +125,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
 
     cut = tmp_path / "cut"
     env = {**os.environ, "AISLE_PROGRESS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(cut),
-                             "--fold", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(cut), "--fold", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = cut / "main" / "fold_0" / "last.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -137,12 +156,22 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
 
 def test_ddp_two_cpu_processes_smoke(tmp_path, catalogue):
     """Lightning's DDP on CPU (gloo, loopback): the second rank re-runs the command, trains, writes nothing."""
-    cfg = _config(tmp_path, catalogue, epochs=1, strategy="ddp",
-                  runtime={"accelerator": "cpu", "devices": 2, "feature_cache": False})
+    cfg = _config(
+        tmp_path,
+        catalogue,
+        epochs=1,
+        strategy="ddp",
+        runtime={"accelerator": "cpu", "devices": 2, "feature_cache": False},
+    )
     rd = tmp_path / "ddp"
     env = {**os.environ, "AISLE_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(rd)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aisle", "-q", "train", "-c", str(cfg), "--run-dir", str(rd)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((rd / "cv_summary.json").read_text())
     assert set(summary["folds"]) == {"0", "1"}
@@ -159,10 +188,17 @@ def test_no_loader_workers_left_after_a_run(tmp_path):
     from aisle.training import run_cv
 
     write_demo_catalogue(tmp_path / "cat", n_train=24, n_test=4, seed=3, image_size=32)
-    cfg = {"data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
-           "model": {"type": "image", "image_size": 32, "head_hidden": 16,
-                     "image": {"name": "timm:test_resnet", "pretrained": False}},
-           "train": {"epochs": 1, "batch_size": 8}, "runtime": {"num_workers": 1, "feature_cache": False}}
+    cfg = {
+        "data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+        "model": {
+            "type": "image",
+            "image_size": 32,
+            "head_hidden": 16,
+            "image": {"name": "timm:test_resnet", "pretrained": False},
+        },
+        "train": {"epochs": 1, "batch_size": 8},
+        "runtime": {"num_workers": 1, "feature_cache": False},
+    }
     before = len(multiprocessing.active_children())
     run_cv(validate_config(cfg), tmp_path / "run")
     assert len(multiprocessing.active_children()) == before

@@ -32,7 +32,22 @@ _EXPORTS: dict[str, str] = {
     "write_report": "aisle.evaluation.report",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AisleConfig",
+    "Classifier",
+    "ConfigError",
+    "compare_runs",
+    "ensemble_probabilities",
+    "evaluate_files",
+    "evaluate_probs",
+    "load_config",
+    "predict",
+    "run_check",
+    "run_cv",
+    "save_config",
+    "write_outputs",
+    "write_report",
+]
 
 if TYPE_CHECKING:
     from aisle.api import Classifier

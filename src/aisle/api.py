@@ -32,8 +32,12 @@ class Classifier:
         run_dir: where the run folder goes (default: a new temporary folder).
     """
 
-    def __init__(self, config: AisleConfig | str | Path | None = None, overrides: list[str] | None = None,
-                 run_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        config: AisleConfig | str | Path | None = None,
+        overrides: list[str] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
         if isinstance(config, AisleConfig):
             self.config = validate_config(apply_overrides(config.model_dump(), overrides or []), "AisleConfig")
         else:
@@ -41,13 +45,15 @@ class Classifier:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.summary_: dict | None = None
 
-    def fit(self, df: pd.DataFrame, data_root: str | Path = ".", folds: list[int] | None = None,
-            overwrite: bool = True) -> Classifier:
+    def fit(
+        self, df: pd.DataFrame, data_root: str | Path = ".", folds: list[int] | None = None, overwrite: bool = True
+    ) -> Classifier:
         """K-fold training on ``df`` (columns inferred as in the CLI); images are found under ``data_root``."""
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="aisle-run-"))
-        self.summary_ = run_cv(self.config, self.run_dir, overwrite=overwrite, folds=folds, frame=df,
-                               base_dir=data_root)
+        self.summary_ = run_cv(
+            self.config, self.run_dir, overwrite=overwrite, folds=folds, frame=df, base_dir=data_root
+        )
         return self
 
     def _require_fitted(self) -> Path:
@@ -58,8 +64,9 @@ class Classifier:
     def _predict(self, df: pd.DataFrame, image_dir: str | Path | None, tta: list[str] | None) -> Prediction:
         return predict(self._require_fitted(), df, tta=tta, image_dir=image_dir)
 
-    def predict_proba(self, df: pd.DataFrame, image_dir: str | Path | None = None,
-                      tta: list[str] | None = None) -> pd.DataFrame:
+    def predict_proba(
+        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None
+    ) -> pd.DataFrame:
         """Fold-averaged class probabilities: one row per input row (same index), one column per class."""
         pred = self._predict(df, image_dir, tta)
         return pd.DataFrame(pred.probs, columns=list(pred.label_map.classes), index=df.index)
@@ -69,16 +76,21 @@ class Classifier:
         pred = self._predict(df, image_dir, tta)
         return pd.Series(pred.labels, index=df.index, name=pred.label_col)
 
-    def evaluate(self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None
-                 ) -> dict[str, float]:
+    def evaluate(
+        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None
+    ) -> dict[str, float]:
         """Accuracy, top-3, macro/weighted F1, macro precision/recall on a labelled DataFrame."""
         pred = self._predict(df, image_dir, tta)
-        col = pred.label_col if pred.label_col in df.columns else next(
-            (c for c in ("categories", "label") if c in df.columns), None)
+        col = (
+            pred.label_col
+            if pred.label_col in df.columns
+            else next((c for c in ("categories", "label") if c in df.columns), None)
+        )
         if col is None:
             raise ValueError(f"evaluate needs a label column ({pred.label_col!r}) in the DataFrame")
-        return evaluate_probs([None if pd.isna(v) else str(v) for v in df[col]], pred.probs,
-                              list(pred.label_map.classes)).metrics
+        return evaluate_probs(
+            [None if pd.isna(v) else str(v) for v in df[col]], pred.probs, list(pred.label_map.classes)
+        ).metrics
 
     def save(self, path: str | Path) -> Path:
         """Copy the run folder (safetensors weights, JSON/YAML metadata) to ``path``."""
@@ -97,4 +109,3 @@ class Classifier:
         clf = cls(rd.config, run_dir=rd.root)
         clf._require_fitted()
         return clf
-

@@ -18,15 +18,15 @@ __all__ = [
     "AisleConfig",
     "ConfigError",
     "DataConfig",
+    "DualTowerConfig",
     "ImageTowerConfig",
     "InferConfig",
-    "DualTowerConfig",
-    "NgramTowerConfig",
-    "RuntimeConfig",
-    "TextTowerConfig",
     "LearningRates",
     "ModelConfig",
+    "NgramTowerConfig",
+    "RuntimeConfig",
     "StageConfig",
+    "TextTowerConfig",
     "TowerConfig",
     "TrainConfig",
     "apply_overrides",
@@ -54,7 +54,8 @@ class DataConfig(_Section):
     train_csv: str | None = None
     test_csv: str | None = None
     image_dir: str | None = None  # default: an ``images/`` folder beside the CSV, if there is one
-    data_root: str | None = None  # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
+    # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
+    data_root: str | None = None
     class_folder: str | None = None  # folder-per-class layout root: <root>/<class>/*.jpg
     id_col: str | None = None
     label_col: str | None = None
@@ -156,16 +157,23 @@ class ModelConfig(_Section):
         wanted = set(MODEL_TOWERS[self.type].values())
         for section in TOWER_SECTIONS:
             if section not in wanted and getattr(self, section) is not None:
-                raise ValueError(f"model.{section} is set but a model of type {self.type!r} has no {section} tower "
-                                 f"(its tower sections: {', '.join(sorted(wanted))}); remove it or change model.type")
+                raise ValueError(
+                    f"model.{section} is set but a model of type {self.type!r} has no {section} tower "
+                    f"(its tower sections: {', '.join(sorted(wanted))}); remove it or change model.type"
+                )
         for section in wanted:
             if getattr(self, section) is None:
-                setattr(self, section, {"image": ImageTowerConfig, "text": TextTowerConfig,
-                                        "dual": DualTowerConfig}[section]())
+                setattr(
+                    self,
+                    section,
+                    {"image": ImageTowerConfig, "text": TextTowerConfig, "dual": DualTowerConfig}[section](),
+                )
         if len(MODEL_TOWERS[self.type]) < 2:
             if self.fusion is not None:
-                raise ValueError(f"model.fusion={self.fusion!r} applies to two-tower models (fusion, dual); a "
-                                 f"{self.type!r} model has one tower: remove model.fusion")
+                raise ValueError(
+                    f"model.fusion={self.fusion!r} applies to two-tower models (fusion, dual); a "
+                    f"{self.type!r} model has one tower: remove model.fusion"
+                )
         elif self.fusion is None:
             self.fusion = "concat"
         return self
@@ -384,7 +392,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({e.problem}); quote it: {key}='\"...\"'") from None
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({e.problem}); quote it: {key}='\"...\"'"
+        ) from None
     return key.split("."), value
 
 

@@ -13,8 +13,13 @@ __all__ = ["setup_logging"]
 
 def setup_logging(level: int = logging.INFO, console: Console | None = None) -> None:
     """Route the ``aisle`` loggers (and warnings) through rich; library code only calls ``logging``."""
-    handler = RichHandler(console=console or Console(stderr=True), show_path=False, rich_tracebacks=False,
-                          markup=False, log_time_format="[%X]")
+    handler = RichHandler(
+        console=console or Console(stderr=True),
+        show_path=False,
+        rich_tracebacks=False,
+        markup=False,
+        log_time_format="[%X]",
+    )
     root = logging.getLogger("aisle")
     root.handlers[:] = [handler]
     root.setLevel(level)

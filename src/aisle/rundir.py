@@ -142,7 +142,9 @@ class RunDir:
 
     def finished_folds(self, stage: str) -> list[int]:
         """Fold numbers of ``stage`` that have a best checkpoint."""
-        return sorted(int(p.parent.name.removeprefix("fold_")) for p in self.stage(stage).glob("fold_*/best.safetensors"))
+        return sorted(
+            int(p.parent.name.removeprefix("fold_")) for p in self.stage(stage).glob("fold_*/best.safetensors")
+        )
 
     @staticmethod
     def stages(cfg: AisleConfig) -> list[StageConfig]:
@@ -162,12 +164,16 @@ class RunDir:
 
     def require_run(self) -> RunDir:
         if not self.config.is_file() or not self.label_map.is_file():
-            raise FileNotFoundError(f"{self.root} is not a run folder ({self.config.name} / {self.label_map.name} "
-                                    f"missing): train one with `aisle train`")
+            raise FileNotFoundError(
+                f"{self.root} is not a run folder ({self.config.name} / {self.label_map.name} "
+                f"missing): train one with `aisle train`"
+            )
         return self
 
     def require_finished(self) -> RunDir:
         if not self.is_finished():
-            raise FileNotFoundError(f"{self.root} has no {self.summary.name}: not a finished run "
-                                    f"(train it, or continue it with `aisle train --resume {self.root}`)")
+            raise FileNotFoundError(
+                f"{self.root} has no {self.summary.name}: not a finished run "
+                f"(train it, or continue it with `aisle train --resume {self.root}`)"
+            )
         return self

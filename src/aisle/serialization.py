@@ -12,7 +12,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["excluded_prefixes", "load_checkpoint", "load_optimizer_state", "load_weights", "read_json", "save_optimizer_state", "save_weights", "write_json"]
+__all__ = [
+    "excluded_prefixes",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "load_weights",
+    "read_json",
+    "save_optimizer_state",
+    "save_weights",
+    "write_json",
+]
 
 
 def _atomic(path: Path, write) -> None:
@@ -32,8 +41,9 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None,
-                 exclude: tuple[str, ...] = ()) -> Path:
+def save_weights(
+    model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()
+) -> Path:
     """``model.state_dict()`` as safetensors (contiguous CPU copies).
 
     Args:
@@ -42,8 +52,9 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-             if not k.startswith(exclude)}
+    state = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(exclude)
+    }
     meta = {k: json.dumps(v) for k, v in {**(metadata or {}), "excluded": list(exclude)}.items()}
     _atomic(p, lambda t: save_file(state, str(t), metadata=meta))
     return p

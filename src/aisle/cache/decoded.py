@@ -50,8 +50,9 @@ class DecodedImages:
         return torch.from_numpy(np.array(self.pixels[r])).permute(2, 0, 1) if self.mask[r] else None
 
     @classmethod
-    def build(cls, products: Products, size: int, cache_dir: str | Path, workers: int = 4,
-              max_pixels: int = 89_478_485) -> DecodedImages:
+    def build(
+        cls, products: Products, size: int, cache_dir: str | Path, workers: int = 4, max_pixels: int = 89_478_485
+    ) -> DecodedImages:
         """Decode each product's first image once (content-keyed on disk: a rebuild only when images change)."""
         keys = image_item_keys(products.image_paths, "first", 1)
         unique = sorted(set(keys))

@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 from aisle.cache.keys import image_item_keys, text_item_keys, tower_key
 from aisle.cache.store import FeatureStore
 from aisle.data.dataset import ImageReading, ProductDataset
+from aisle.data.loaders import Collate
 from aisle.data.products import Products
 from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.models.base import Tower
-from aisle.data.loaders import Collate
 
 __all__ = ["encode_products", "tower_features"]
 
@@ -31,11 +31,19 @@ def encode_batch_size(requested: int) -> int:
     return requested if torch.cuda.is_available() else min(requested, 32)
 
 
-def encode_products(tower: Tower, products: Products, view: str = "orig", batch_size: int = 64,
-                    num_workers: int = 0, multi_image: str = "first", max_images: int = 4,
-                    image_size: int | None = None, max_pixels: int = 89_478_485,
-                    device: torch.device | str = "cpu",
-                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_products(
+    tower: Tower,
+    products: Products,
+    view: str = "orig",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    multi_image: str = "first",
+    max_images: int = 4,
+    image_size: int | None = None,
+    max_pixels: int = 89_478_485,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run a tower over products in eval mode: (features (N, D) float32, has-image mask (N,))."""
     tower = tower.eval().to(device)
     image = tower.modality == "image"
@@ -43,17 +51,31 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
     if not image:  # texts run shortest first, so each batch pads only to about its own length
         order = np.argsort([len(t) for t in products.texts], kind="stable")
         products = products.subset(order)
-    tf = build_image_transform(image_size or tower.preprocess.size, False, tower.preprocess.mean,
-                               tower.preprocess.std, normalize=False) if image else None
-    reading = ImageReading("first" if multi_image == "random" else multi_image, max_images,
-                           image_size or 224, max_pixels)
+    tf = (
+        build_image_transform(
+            image_size or tower.preprocess.size, False, tower.preprocess.mean, tower.preprocess.std, normalize=False
+        )
+        if image
+        else None
+    )
+    reading = ImageReading(
+        "first" if multi_image == "random" else multi_image, max_images, image_size or 224, max_pixels
+    )
     ds = ProductDataset(products, image_transform=tf, reading=reading, train=False)
-    loader = DataLoader(ds, batch_size=encode_batch_size(batch_size), num_workers=num_workers,
-                        collate_fn=Collate(None if image else tower.tokenize))
+    loader = DataLoader(
+        ds,
+        batch_size=encode_batch_size(batch_size),
+        num_workers=num_workers,
+        collate_fn=Collate(None if image else tower.tokenize),
+    )
     flip = TTA_POLICIES.get(view) if view != "orig" else None
     feats, masks = [], []
-    with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                                enabled=torch.device(device).type == "cuda"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(
+            device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"
+        ),
+    ):
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             if image and flip is not None:
@@ -69,10 +91,19 @@ def encode_products(tower: Tower, products: Products, view: str = "orig", batch_
     return feats, masks
 
 
-def tower_features(tower: Tower, products: Products, cache_dir: str | Path, view: str = "orig",
-                   batch_size: int = 64, num_workers: int = 0, multi_image: str = "first", max_images: int = 4,
-                   image_size: int | None = None, max_pixels: int = 89_478_485,
-                   key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def tower_features(
+    tower: Tower,
+    products: Products,
+    cache_dir: str | Path,
+    view: str = "orig",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    multi_image: str = "first",
+    max_images: int = 4,
+    image_size: int | None = None,
+    max_pixels: int = 89_478_485,
+    key: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Features of a frozen tower for every product, from the cache where present (float16 (N, D), mask (N,)).
 
     Args:
@@ -82,14 +113,24 @@ def tower_features(tower: Tower, products: Products, cache_dir: str | Path, view
     size = image_size or (tower.preprocess.size if image else None)
     tkey = key or tower_key(tower, {"image_size": size} if image else None)
     t0 = time.perf_counter()
-    items = (image_item_keys(products.image_paths, multi_image if multi_image != "random" else "first", max_images)
-             if image else text_item_keys(products.texts))
+    items = (
+        image_item_keys(products.image_paths, multi_image if multi_image != "random" else "first", max_images)
+        if image
+        else text_item_keys(products.texts)
+    )
 
     def compute(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return encode_products(tower, products.subset(positions), view, batch_size, num_workers, multi_image,
-                               max_images, size, max_pixels)
+        return encode_products(
+            tower, products.subset(positions), view, batch_size, num_workers, multi_image, max_images, size, max_pixels
+        )
 
     feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)
-    log.info("%s features (%s view) for %d rows: %d computed, the rest from the cache (%.1f s)", tower.modality,
-             view, len(items), n_new, time.perf_counter() - t0)
+    log.info(
+        "%s features (%s view) for %d rows: %d computed, the rest from the cache (%.1f s)",
+        tower.modality,
+        view,
+        len(items),
+        n_new,
+        time.perf_counter() - t0,
+    )
     return feats, masks

@@ -30,8 +30,9 @@ def weights_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
     for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype).contiguous()
-                 .numpy().tobytes())
+        h.update(
+            t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype).contiguous().numpy().tobytes()
+        )
     return h.hexdigest()
 
 
@@ -42,10 +43,15 @@ def tower_key(tower: nn.Module, extra: dict[str, Any] | None = None) -> str:
     vocab = None
     if tok is not None and hasattr(tok, "get_vocab"):
         vocab = _h(sorted(tok.get_vocab().items()))
-    spec = {"class": type(tower).__name__, "name": getattr(tower, "name", None),
-            "preprocess": pre.to_dict() if pre is not None else None, "vocab": vocab,
-            "max_length": getattr(tower, "max_length", None), "pooler": getattr(tower, "pooler", None),
-            "extra": extra or {}}
+    spec = {
+        "class": type(tower).__name__,
+        "name": getattr(tower, "name", None),
+        "preprocess": pre.to_dict() if pre is not None else None,
+        "vocab": vocab,
+        "max_length": getattr(tower, "max_length", None),
+        "pooler": getattr(tower, "pooler", None),
+        "extra": extra or {},
+    }
     return _h(spec, weights_digest(tower))
 
 

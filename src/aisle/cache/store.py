@@ -39,8 +39,9 @@ class FeatureStore:
                 index[key] = (shard, row)
         return index
 
-    def get(self, tower: str, view: str, keys: Sequence[str],
-            compute: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
+    def get(
+        self, tower: str, view: str, keys: Sequence[str], compute: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """Features and masks for ``keys`` (in order), computing only the missing ones.
 
         Args:
@@ -70,8 +71,10 @@ class FeatureStore:
             tmp.write_text(json.dumps(missing_keys))
             os.replace(tmp, folder / f"{shard}.keys.json")
             index.update({k: (shard, i) for i, k in enumerate(missing_keys)})
-        shards = {s: (np.load(folder / f"{s}.npy", mmap_mode="r"), np.load(folder / f"{s}.mask.npy", mmap_mode="r"))
-                  for s in {index[k][0] for k in keys}}
+        shards = {
+            s: (np.load(folder / f"{s}.npy", mmap_mode="r"), np.load(folder / f"{s}.mask.npy", mmap_mode="r"))
+            for s in {index[k][0] for k in keys}
+        }
         dim = next(iter(shards.values()))[0].shape[1] if shards else 0
         shard_of = np.array([index[k][0] for k in keys], dtype=object)
         rows = np.array([index[k][1] for k in keys], dtype=np.int64)

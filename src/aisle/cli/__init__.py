@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,18 +16,24 @@ from aisle.logging_setup import setup_logging
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="aisle: sort products into categories from their images and text.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="aisle: sort products into categories from their images and text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr.default=1e-4")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set train.lr.default=1e-4")]
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, err_console)
 
 
@@ -38,19 +43,25 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
 
 
 @app.command()
 def check(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    data: Annotated[Optional[Path], typer.Option(help="Table to check instead of data.train_csv.")] = None,
-    image_dir: Annotated[Optional[Path], typer.Option(help="Image folder (default: images/ beside the table).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Table to check instead of data.train_csv.")] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the table).")] = None,
     rows: Annotated[int, typer.Option(help="Rows to sample for the table and contact sheet.")] = 16,
     fast: Annotated[bool, typer.Option("--fast", help="Skip decoding every image.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the report, issues CSV and PNGs.")] = Path("check"),
+    out: Annotated[Path | None, typer.Option(help="Folder for the report, issues CSV and PNGs.")] = Path("check"),
     workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 4,
 ) -> None:
     """Sanity-check a products table: columns, samples, class balance, missing and broken images."""
@@ -65,9 +76,16 @@ def check(
             _fail("nothing to check: pass --data TABLE or a --config with data.train_csv / data.class_folder")
         with _progress() as bar:
             task = bar.add_task("decoding images", total=None)
-            report = run_check(cfg.data, data, n_sample=rows, fast=fast, out_dir=out, workers=workers,
-                               progress=lambda k: bar.advance(task, k),
-                               on_total=lambda n: bar.update(task, total=n))
+            report = run_check(
+                cfg.data,
+                data,
+                n_sample=rows,
+                fast=fast,
+                out_dir=out,
+                workers=workers,
+                progress=lambda k: bar.advance(task, k),
+                on_total=lambda n: bar.update(task, total=n),
+            )
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     render_check(report, console)
@@ -77,9 +95,9 @@ def check(
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: output_dir/name).")] = None,
-    fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Train only this fold (repeatable).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: output_dir/name).")] = None,
+    fold: Annotated[list[int] | None, typer.Option("--fold", help="Train only this fold (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the interrupted run in this folder.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train with K-fold cross-validation (every stage, chosen folds) and write the run folder."""
@@ -101,13 +119,15 @@ def train(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    data: Annotated[Optional[Path], typer.Option(help="Products table to predict (default: the run's data.test_csv).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
-    fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
-    tta: Annotated[Optional[list[str]], typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,
-    scale: Annotated[Optional[list[int]], typer.Option("--scale", help="Image size to average over (repeatable).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch.")] = None,
-    image_dir: Annotated[Optional[Path], typer.Option(help="Image folder (default: images/ beside the table).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Products table to predict (default: the run's data.test_csv).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
+    fold: Annotated[list[int] | None, typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
+    tta: Annotated[list[str] | None, typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,
+    scale: Annotated[list[int] | None, typer.Option("--scale", help="Image size to average over (repeatable).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per batch.")] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the table).")] = None,
 ) -> None:
     """Predict with a run's fold models (averaged): writes submission.csv and probabilities.csv."""
     from aisle.inference import predict as run_predict
@@ -117,8 +137,16 @@ def predict(
     try:
         with _progress() as bar:
             task = bar.add_task("predicting", total=None)
-            pred = run_predict(run_dir, data, folds=fold, tta=tta, scales=scale, batch_size=batch_size,
-                               image_dir=image_dir, progress=lambda k: bar.advance(task, k))
+            pred = run_predict(
+                run_dir,
+                data,
+                folds=fold,
+                tta=tta,
+                scales=scale,
+                batch_size=batch_size,
+                image_dir=image_dir,
+                progress=lambda k: bar.advance(task, k),
+            )
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     files = write_outputs(pred, out or RunDir(run_dir).predictions)
@@ -131,8 +159,8 @@ def predict(
 def evaluate(
     probabilities: Annotated[Path, typer.Argument(help="probabilities.csv from predict or ensemble.")],
     labels: Annotated[Path, typer.Option(help="Labelled table (id + label column), joined by id.")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, per_class.csv, confusion matrix.")] = None,
-    label_col: Annotated[Optional[str], typer.Option(help="Label column (default: categories, else label).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json, per_class.csv, confusion matrix.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Label column (default: categories, else label).")] = None,
 ) -> None:
     """Score predictions: accuracy, top-3, macro/weighted F1, precision/recall, confusion matrix (CSV + PNG)."""
     from aisle.cli._render import render_evaluation
@@ -143,17 +171,21 @@ def evaluate(
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     render_evaluation(ev, console)
-    console.print(f"wrote metrics, per-class report and confusion matrix to {out or probabilities.parent / 'evaluation'}")
+    console.print(
+        f"wrote metrics, per-class report and confusion matrix to {out or probabilities.parent / 'evaluation'}"
+    )
 
 
 @app.command()
 def ensemble(
     probabilities: Annotated[list[Path], typer.Argument(help="probabilities.csv files of several runs.")],
-    weight: Annotated[Optional[list[float]], typer.Option("--weight", help="One weight per file (repeatable).")] = None,
+    weight: Annotated[list[float] | None, typer.Option("--weight", help="One weight per file (repeatable).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ensemble"),
     label_col: Annotated[str, typer.Option(help="Label column name in submission.csv.")] = "categories",
 ) -> None:
     """Weighted average of several runs' probabilities; writes submission.csv and probabilities.csv."""
+    import numpy as np
+
     from aisle.inference.ensemble import ensemble_probabilities
 
     try:
@@ -165,8 +197,10 @@ def ensemble(
     classes = [c for c in probs.columns if c != "id"]
     sub = probs[["id"]].assign(**{label_col: np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]})
     sub.to_csv(out / "submission.csv", index=False)
-    console.print(f"ensembled {len(probabilities)} files over {len(probs):,} rows; wrote {out}/submission.csv, "
-                  f"{out}/probabilities.csv")
+    console.print(
+        f"ensembled {len(probabilities)} files over {len(probs):,} rows; wrote {out}/submission.csv, "
+        f"{out}/probabilities.csv"
+    )
 
 
 @app.command()
@@ -188,8 +222,14 @@ def compare(
     for c in cols:
         t.add_column(c, justify="left" if c in ("run", "model", "fusion") else "right")
     for r in df[cols].itertuples(index=False):
-        t.add_row(r.run, r.model, r.fusion, f"{r.params:,}", f"{r.train_seconds:.1f}",
-                  *(f"{getattr(r, m):.4f}" for m in METRICS))
+        t.add_row(
+            r.run,
+            r.model,
+            r.fusion,
+            f"{r.params:,}",
+            f"{r.train_seconds:.1f}",
+            *(f"{getattr(r, m):.4f}" for m in METRICS),
+        )
     console.print(t)
     console.print(f"wrote {out}/comparison.csv, table.png, radar.png, params_vs_time.png, curves.png")
 
@@ -197,7 +237,7 @@ def compare(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    out: Annotated[Optional[Path], typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
     errors: Annotated[int, typer.Option(help="Worst errors to show as pictures.")] = 24,
 ) -> None:
     """One self-contained HTML page: config, CV metrics, curves, confusion matrix, per-class F1, worst errors."""
@@ -224,8 +264,10 @@ def demo_data(
     if n_train < 1 or n_test < 0:
         _fail("--n-train must be >= 1 and --n-test >= 0")
     summary = write_demo_catalogue(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
-    console.print(f"wrote {summary.n_train} train and {summary.n_test} test products, {len(summary.classes)} classes, "
-                  f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}")
+    console.print(
+        f"wrote {summary.n_train} train and {summary.n_test} test products, {len(summary.classes)} classes, "
+        f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ from aisle.evaluation.check import CheckReport
 
 def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25) -> None:
     cols = report.columns
-    console.print(f"[bold]{report.source}[/]: {report.n_rows:,} rows · id=[cyan]{cols['id']}[/] "
-                  f"label=[cyan]{cols['label']}[/] text={cols['text']} image column=[cyan]{cols['image']}[/]")
+    console.print(
+        f"[bold]{report.source}[/]: {report.n_rows:,} rows · id=[cyan]{cols['id']}[/] "
+        f"label=[cyan]{cols['label']}[/] text={cols['text']} image column=[cyan]{cols['image']}[/]"
+    )
 
     t = Table(title=f"{len(report.sample)} sampled rows", show_lines=False)
     for name in ("id", "label", "text", "images", "image found?", "size"):
@@ -24,13 +26,15 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
 
     if report.class_counts:
         counts = sorted(report.class_counts.items(), key=lambda kv: -kv[1])
-        ct = Table(title=f"class distribution: {report.n_classes} classes, "
-                         f"largest/smallest = {counts[0][1] / counts[-1][1]:.1f}x")
+        ct = Table(
+            title=f"class distribution: {report.n_classes} classes, "
+            f"largest/smallest = {counts[0][1] / counts[-1][1]:.1f}x"
+        )
         ct.add_column("class")
         ct.add_column("rows", justify="right")
         ct.add_column("share", justify="right")
         total = sum(report.class_counts.values())
-        shown = counts if len(counts) <= 16 else counts[:8] + [("…", 0)] + counts[-8:]
+        shown = counts if len(counts) <= 16 else [*counts[:8], ("…", 0), *counts[-8:]]
         for name, n in shown:
             ct.add_row(name, f"{n:,}" if n else "", f"{n / total:.1%}" if n else "")
         console.print(ct)
@@ -39,20 +43,26 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
     if report.unlabelled and report.class_counts:
         console.print(f"[yellow]{report.unlabelled:,} row(s) have no label[/]")
     if report.rare_classes:
-        console.print(f"[yellow]{len(report.rare_classes)} class(es) smaller than the fold count: "
-                      f"{', '.join(report.rare_classes[:10])}[/] (see data.rare_classes)")
+        console.print(
+            f"[yellow]{len(report.rare_classes)} class(es) smaller than the fold count: "
+            f"{', '.join(report.rare_classes[:10])}[/] (see data.rare_classes)"
+        )
     if report.duplicate_ids:
         console.print(f"[yellow]{len(report.duplicate_ids)} duplicate id(s): {', '.join(report.duplicate_ids[:10])}[/]")
-    console.print(f"empty texts: {report.empty_texts:,} · products with at least one image file: "
-                  f"{report.products_with_images:,}/{report.n_rows:,}")
+    console.print(
+        f"empty texts: {report.empty_texts:,} · products with at least one image file: "
+        f"{report.products_with_images:,}/{report.n_rows:,}"
+    )
 
     scope = "missing files only (--fast: images not decoded)" if report.fast else "every image decoded"
     if not report.image_issues:
         console.print(f"[green]images: no problems[/] ({scope})")
     else:
         counts_txt = ", ".join(f"{k}: {v}" for k, v in sorted(report.issue_counts.items()))
-        console.print(f"[yellow]images: {len(report.issue_ids)} product(s) with unusable images[/] ({scope}; "
-                      f"{counts_txt}); they get a placeholder in training and prediction")
+        console.print(
+            f"[yellow]images: {len(report.issue_ids)} product(s) with unusable images[/] ({scope}; "
+            f"{counts_txt}); they get a placeholder in training and prediction"
+        )
         it = Table(show_header=True)
         it.add_column("id")
         it.add_column("reason")
@@ -67,26 +77,41 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
 
 
 def render_cv(summary: dict, console: Console) -> None:
-    t = Table(title=f"CV summary: {summary['run_dir']} ({summary['model_type']}"
-                    f"{', ' + summary['fusion'] if summary['model_type'] in ('fusion', 'dual') else ''})")
+    t = Table(
+        title=f"CV summary: {summary['run_dir']} ({summary['model_type']}"
+        f"{', ' + summary['fusion'] if summary['model_type'] in ('fusion', 'dual') else ''})"
+    )
     t.add_column("stage")
     t.add_column("fold")
     for key in ("acc", "top3", "macro_f1", "best_epoch", "seconds"):
         t.add_column(key, justify="right")
     for stage, s in summary["stages"].items():
         for fold, m in s["folds"].items():
-            t.add_row(stage, fold, *(f"{m[k]:.4f}" for k in ("acc", "top3", "macro_f1")), str(m["best_epoch"]),
-                      f"{m['seconds']:.1f}")
-        t.add_row(stage, "mean ± std", *(f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in ("acc", "top3", "macro_f1")),
-                  "", f"{s['train_seconds']:.1f}", style="bold")
+            t.add_row(
+                stage,
+                fold,
+                *(f"{m[k]:.4f}" for k in ("acc", "top3", "macro_f1")),
+                str(m["best_epoch"]),
+                f"{m['seconds']:.1f}",
+            )
+        t.add_row(
+            stage,
+            "mean ± std",
+            *(f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in ("acc", "top3", "macro_f1")),
+            "",
+            f"{s['train_seconds']:.1f}",
+            style="bold",
+        )
     console.print(t)
     p = summary["params"]
     console.print(f"parameters: {p['total']:,} ({p['trainable']:,} trainable at start)")
 
 
 def render_evaluation(ev, console: Console, worst: int = 10) -> None:
-    t = Table(title=f"evaluation on {ev.n_scored:,} rows" + (f" ({ev.n_unscored} unscored: label missing or unknown)"
-                                                             if ev.n_unscored else ""))
+    t = Table(
+        title=f"evaluation on {ev.n_scored:,} rows"
+        + (f" ({ev.n_unscored} unscored: label missing or unknown)" if ev.n_unscored else "")
+    )
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in ev.metrics.items():
@@ -97,5 +122,7 @@ def render_evaluation(ev, console: Console, worst: int = 10) -> None:
     for c in ("class", "precision", "recall", "f1", "support"):
         w.add_column(c, justify="left" if c == "class" else "right")
     for name, r in pc.iterrows():
-        w.add_row(str(name), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1-score']:.3f}", str(int(r["support"])))
+        w.add_row(
+            str(name), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1-score']:.3f}", str(int(r["support"]))
+        )
     console.print(w)

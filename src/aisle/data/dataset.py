@@ -167,7 +167,11 @@ class ProductDataset(Dataset):
             for path in self._choose_paths(self.products.image_paths[i]):
                 image = self._load(pid, path, i)
                 mask.append(image is not None)
-                tensors.append(self.image_transform(image if image is not None else placeholder_image(self.reading.placeholder_size)))
+                tensors.append(
+                    self.image_transform(
+                        image if image is not None else placeholder_image(self.reading.placeholder_size)
+                    )
+                )
             while len(tensors) < self.k:  # pad mean_pool slots
                 tensors.append(torch.zeros_like(tensors[0]))
                 mask.append(False)

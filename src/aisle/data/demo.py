@@ -31,10 +31,10 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "BROKEN_KINDS",
-    "DemoSummary",
     "MATERIAL_WORDS",
     "SHAPE_ITEMS",
     "BrokenKind",
+    "DemoSummary",
     "write_demo_catalogue",
 ]
 
@@ -56,10 +56,39 @@ MATERIAL_WORDS: dict[str, tuple[str, ...]] = {
 _CLASS_WEIGHTS = (2.5, 1.0, 1.7, 1.3, 2.0, 1.15)
 
 # Neutral filler. None of it may contain an item word even as a substring ("content" holds "tent").
-_BRANDS = ("Nordhaus", "Lumo", "Casa Rilo", "Hearth & Co", "Mirela", "Okko", "Vanta Home", "Brindle",
-           "Solenne", "Kiri", "Pellam", "Odalys")
-_ADJECTIVES = ("cosy", "elegant", "classic", "modern", "soft", "handmade", "premium", "minimal", "rustic",
-               "luxurious", "everyday", "lightweight", "durable", "timeless", "bright", "gentle", "refined")
+_BRANDS = (
+    "Nordhaus",
+    "Lumo",
+    "Casa Rilo",
+    "Hearth & Co",
+    "Mirela",
+    "Okko",
+    "Vanta Home",
+    "Brindle",
+    "Solenne",
+    "Kiri",
+    "Pellam",
+    "Odalys",
+)
+_ADJECTIVES = (
+    "cosy",
+    "elegant",
+    "classic",
+    "modern",
+    "soft",
+    "handmade",
+    "premium",
+    "minimal",
+    "rustic",
+    "luxurious",
+    "everyday",
+    "lightweight",
+    "durable",
+    "timeless",
+    "bright",
+    "gentle",
+    "refined",
+)
 _NOUNS = ("piece", "item", "essential", "design", "edition", "find", "favourite", "pick")
 _CITIES = ("Lisbon", "Oslo", "Kyoto", "Porto", "Ghent", "Turin", "Bergen", "Leeds")
 _NEUTRAL = (
@@ -88,7 +117,11 @@ _EXTRA_VIEW_EVERY = 7  # every 7th product in each split gets a second image <id
 _NOISE_STD = 6.0
 _MIN_CONTRAST = 140
 # A typical fill colour per item (as product photos of one type share a look); jittered per image.
-_ITEM_HUES = {"circle": (200, 60, 70), "square": (60, 170, 70), "triangle": (70, 80, 200)}  # minimum L1 distance (over RGB) between shape and background colours
+_ITEM_HUES = {
+    "circle": (200, 60, 70),
+    "square": (60, 170, 70),
+    "triangle": (70, 80, 200),
+}  # minimum L1 distance (over RGB) between shape and background colours
 
 
 @dataclass(frozen=True)
@@ -159,7 +192,8 @@ def _make_text(material: str, rng: random.Random) -> tuple[str, str]:
     title = f"{brand} {adj} {rng.choice(words)} {noun}" if in_title else f"{brand} {adj} {noun}"
     if in_desc:
         sentence = rng.choice(_WITH_MATERIAL).format(
-            mat=rng.choice(words), adj=rng.choice(_ADJECTIVES), pct=rng.choice((60, 70, 80, 90, 100)))
+            mat=rng.choice(words), adj=rng.choice(_ADJECTIVES), pct=rng.choice((60, 70, 80, 90, 100))
+        )
         neutral.insert(rng.randint(0, len(neutral)), sentence)
     return title.title() if rng.random() < 0.2 else title, " ".join(neutral)
 
@@ -178,8 +212,10 @@ def _make_split(ids: Sequence[str], rng: random.Random) -> list[_Product]:
 
 def _shape_points(shape: str, cx: float, cy: float, r: float, theta: float) -> list[tuple[float, float]]:
     corners = 4 if shape == "square" else 3
-    return [(cx + r * math.cos(theta + 2 * math.pi * k / corners), cy + r * math.sin(theta + 2 * math.pi * k / corners))
-            for k in range(corners)]
+    return [
+        (cx + r * math.cos(theta + 2 * math.pi * k / corners), cy + r * math.sin(theta + 2 * math.pi * k / corners))
+        for k in range(corners)
+    ]
 
 
 def _render(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -220,8 +256,7 @@ def _truncate_jpeg(data: bytes) -> bytes:
     return data[:cut]
 
 
-def _choose_broken(train: list[_Product], test: list[_Product], n_broken: int,
-                   rng: random.Random) -> dict[str, str]:
+def _choose_broken(train: list[_Product], test: list[_Product], n_broken: int, rng: random.Random) -> dict[str, str]:
     """Pick single-view products in both splits (in proportion) and deal the kinds out in turn."""
     pools = [[p.id for p in split if p.n_views == 1] for split in (train, test)]
     if n_broken > sum(map(len, pools)):
@@ -243,8 +278,9 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]])
         writer.writerows(rows)
 
 
-def _write_images(products: Sequence[_Product], image_dir: Path, size: int, broken: dict[str, str],
-                  rng: np.random.Generator) -> int:
+def _write_images(
+    products: Sequence[_Product], image_dir: Path, size: int, broken: dict[str, str], rng: np.random.Generator
+) -> int:
     """Write every product's views (or its broken stand-in); returns the number of readable images."""
     written = 0
     for p in products:
@@ -323,16 +359,30 @@ def write_demo_catalogue(
     out = Path(out_dir)
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "train.csv", ("id", "title", "description", "categories"),
-               [(p.id, p.title, p.description, p.category) for p in train])
+    _write_csv(
+        out / "train.csv",
+        ("id", "title", "description", "categories"),
+        [(p.id, p.title, p.description, p.category) for p in train],
+    )
     _write_csv(out / "test.csv", ("id", "title", "description"), [(p.id, p.title, p.description) for p in test])
     _write_csv(out / "test_labels.csv", ("id", "categories"), [(p.id, p.category) for p in test])
     n_images = _write_images(train + test, image_dir, image_size, broken, np.random.default_rng(seed))
 
     classes = sorted(f"{m} {item}" for m in MATERIAL_WORDS for item in SHAPE_ITEMS.values())
     kinds = ", ".join(f"{k}={sum(v == k for v in broken.values())}" for k in BROKEN_KINDS)
-    log.info("wrote demo catalogue to %s: %d train + %d test products, %d classes, %d readable %dpx images, "
-             "%d broken (%s), seed %d", out, n_train, n_test, len(classes), n_images, image_size,
-             len(broken), kinds, seed)
-    return DemoSummary(out_dir=out, classes=classes, n_train=n_train, n_test=n_test,
-                       broken=dict(sorted(broken.items())))
+    log.info(
+        "wrote demo catalogue to %s: %d train + %d test products, %d classes, %d readable %dpx images, "
+        "%d broken (%s), seed %d",
+        out,
+        n_train,
+        n_test,
+        len(classes),
+        n_images,
+        image_size,
+        len(broken),
+        kinds,
+        seed,
+    )
+    return DemoSummary(
+        out_dir=out, classes=classes, n_train=n_train, n_test=n_test, broken=dict(sorted(broken.items()))
+    )

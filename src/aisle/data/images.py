@@ -132,8 +132,9 @@ class ImageProbe:
     size: tuple[int, int] | None = None
 
 
-def _decode(path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tuple[int, int] | None
-            ) -> tuple[Image.Image | None, str | None, tuple[int, int] | None]:
+def _decode(
+    path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tuple[int, int] | None
+) -> tuple[Image.Image | None, str | None, tuple[int, int] | None]:
     """(RGB image or None, reason or None, size on disk or None)."""
     p = Path(path)
     if roots and not is_inside(p, roots):
@@ -166,8 +167,9 @@ def _decode(path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tup
         return None, TRUNCATED if ("truncat" in msg or "broken data stream" in msg) else UNREADABLE, None
 
 
-def open_image(path: str | Path, roots: Sequence[Path], max_pixels: int = 89_478_485,
-               draft: tuple[int, int] | None = None) -> tuple[Image.Image | None, str | None]:
+def open_image(
+    path: str | Path, roots: Sequence[Path], max_pixels: int = 89_478_485, draft: tuple[int, int] | None = None
+) -> tuple[Image.Image | None, str | None]:
     """Open and fully decode an image as RGB, or say why it cannot be used.
 
     Args:

@@ -28,6 +28,7 @@ class Preprocess(Protocol):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + fast tokenizers
 
 
@@ -49,16 +50,16 @@ class Collate:
         return batch
 
 
-def pretokenize(tokenize: Tokenize, texts: Sequence[str], pad_id: int = 0, chunk: int = 8192
-                ) -> dict[str, np.ndarray]:
+def pretokenize(tokenize: Tokenize, texts: Sequence[str], pad_id: int = 0, chunk: int = 8192) -> dict[str, np.ndarray]:
     """Tokenize every text once (per run), padded to the longest; batches are trimmed again by ``Collate``."""
-    parts = [tokenize(list(texts[i:i + chunk])) for i in range(0, len(texts), chunk)]
+    parts = [tokenize(list(texts[i : i + chunk])) for i in range(0, len(texts), chunk)]
     width = max(p["input_ids"].shape[1] for p in parts)
     out = {}
     for key in ("input_ids", "attention_mask"):
         pad = 0 if key == "attention_mask" else pad_id
-        out[key] = np.concatenate([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=pad).numpy()
-                                   for p in parts])
+        out[key] = np.concatenate(
+            [torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=pad).numpy() for p in parts]
+        )
     return out
 
 
@@ -114,8 +115,9 @@ def build_loader(
     image_tf = None
     if preprocess is not None:
         # uint8 out of the workers (a quarter of the bytes); the image tower normalises on its device
-        image_tf = build_image_transform(image_size or preprocess.size, train, preprocess.mean, preprocess.std,
-                                         normalize=False)
+        image_tf = build_image_transform(
+            image_size or preprocess.size, train, preprocess.mean, preprocess.std, normalize=False
+        )
     reading = replace(opts.reading, placeholder_size=image_size or (preprocess.size if preprocess else 224))
     ds = ProductDataset(products, y, image_transform=image_tf, reading=reading, train=train, precomputed=pre)
     # Data order comes from the loader's own generator (reseeded each epoch by EpochCheckpoint), never from
@@ -123,14 +125,24 @@ def build_loader(
     generator = torch.Generator().manual_seed(opts.seed)
     sampler = None
     if train and sample_weights is not None:
-        sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(products),
-                                        replacement=True, generator=generator)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(sample_weights, dtype=torch.double), len(products), replacement=True, generator=generator
+        )
     # cached features are in memory already: worker processes would only add start-up cost
-    in_memory = (pre.image_features is not None or image_tf is None) and (pre.text_features is not None
-                                                                          or tokenize is None)
+    in_memory = (pre.image_features is not None or image_tf is None) and (
+        pre.text_features is not None or tokenize is None
+    )
     workers = 0 if in_memory else opts.num_workers
     batch_tokenize = tokenize if pre.text_features is None and pre.tokens is None else None
-    return DataLoader(ds, batch_size=opts.batch_size, shuffle=train and sampler is None,
-                      sampler=sampler, num_workers=workers, collate_fn=Collate(batch_tokenize, fixed_length),
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      drop_last=False, generator=generator)
+    return DataLoader(
+        ds,
+        batch_size=opts.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=Collate(batch_tokenize, fixed_length),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        drop_last=False,
+        generator=generator,
+    )

@@ -38,8 +38,9 @@ class TrainingData:
     dropped_ids: dict[str, str]
 
 
-def load_source(cfg: DataConfig, require_label: bool = True, frame: pd.DataFrame | None = None,
-                base_dir: str | Path = ".") -> Products:
+def load_source(
+    cfg: DataConfig, require_label: bool = True, frame: pd.DataFrame | None = None, base_dir: str | Path = "."
+) -> Products:
     """The training products: ``frame`` if given, else ``data.train_csv`` or a ``data.class_folder`` tree.
 
     Args:
@@ -74,16 +75,26 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
     unlabelled = labels.isna().to_numpy()
     if unlabelled.any():
         ids = products.ids[unlabelled]
-        log.warning("%s: %d row(s) have no label and are left out of training (first ids: %s)",
-                    products.source, len(ids), ", ".join(map(str, ids[:10])))
+        log.warning(
+            "%s: %d row(s) have no label and are left out of training (first ids: %s)",
+            products.source,
+            len(ids),
+            ", ".join(map(str, ids[:10])),
+        )
         dropped.update({str(i): "no_label" for i in ids})
     own_folds = products.frame is not None and cfg.fold_col in products.frame.columns
     labels, rare = labels.where(~unlabelled, None), []
     if not own_folds:  # the table's own fold column needs no minimum class size
         labels, rare = apply_rare_class_policy(labels, cfg.folds, cfg.rare_classes, cfg.rare_class_name)
     if rare:
-        log.warning("%s: %d rare class(es) %s with rare_classes=%s: %s", products.source, len(rare),
-                    "dropped" if cfg.rare_classes == "drop" else "merged", cfg.rare_classes, rare[:20])
+        log.warning(
+            "%s: %d rare class(es) %s with rare_classes=%s: %s",
+            products.source,
+            len(rare),
+            "dropped" if cfg.rare_classes == "drop" else "merged",
+            cfg.rare_classes,
+            rare[:20],
+        )
         if cfg.rare_classes == "drop":
             newly = labels.isna().to_numpy() & ~unlabelled
             dropped.update({str(i): "rare_class" for i in products.ids[newly]})

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 
 from aisle.config import DataConfig
-from aisle.data.images import IMAGE_EXTENSIONS, OUTSIDE_ROOT, ImageIssue, is_inside, build_image_index, paths_from_column
+from aisle.data.images import (
+    IMAGE_EXTENSIONS,
+    OUTSIDE_ROOT,
+    ImageIssue,
+    build_image_index,
+    is_inside,
+    paths_from_column,
+)
 from aisle.data.schema import ProductSchema, build_texts, infer_schema, read_table
 
 __all__ = ["Products", "find_image_dir", "load_products", "products_from_frame", "read_class_folder"]
@@ -112,8 +119,9 @@ def products_from_frame(
 
     labels = None
     if schema.label_col is not None:
-        labels = np.array([None if pd.isna(v) else (str(v).strip() or None) for v in df[schema.label_col]],
-                          dtype=object)
+        labels = np.array(
+            [None if pd.isna(v) else (str(v).strip() or None) for v in df[schema.label_col]], dtype=object
+        )
 
     base = Path(base_dir).resolve()
     roots: list[Path] = [base]
@@ -137,8 +145,13 @@ def products_from_frame(
             index = {}
         per_row = [tuple(index.get(pid, ())) for pid in ids]
     if refused:
-        log.warning("%s: refused %d image path(s) outside the data root %s (first: %s)",
-                    source, len(refused), [str(r) for r in roots], refused[0].path)
+        log.warning(
+            "%s: refused %d image path(s) outside the data root %s (first: %s)",
+            source,
+            len(refused),
+            [str(r) for r in roots],
+            refused[0].path,
+        )
     image_paths = np.empty(len(ids), dtype=object)
     image_paths[:] = per_row
     return Products(ids, texts, labels, image_paths, schema, source, tuple(roots), refused, frame=df)
@@ -151,8 +164,9 @@ def load_products(path: str | Path, cfg: DataConfig, require_label: bool = False
     image_dir: Path | None = Path(cfg.image_dir) if cfg.image_dir else find_image_dir(p)
     if cfg.image_dir and not image_dir.is_dir():
         raise FileNotFoundError(f"data.image_dir {image_dir} does not exist")
-    return products_from_frame(df, cfg, cfg.data_root or p.parent, image_dir, source=str(p),
-                               require_label=require_label)
+    return products_from_frame(
+        df, cfg, cfg.data_root or p.parent, image_dir, source=str(p), require_label=require_label
+    )
 
 
 def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Path | None = None) -> Products:
@@ -174,13 +188,20 @@ def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Pat
             if f.suffix.lower() in IMAGE_EXTENSIONS:
                 side = f.with_suffix(".txt")
                 text = side.read_text(errors="replace").strip() if side.is_file() else ""
-                rows.append({"id": f"{class_dir.name}/{f.stem}", "label": class_dir.name, "text": text,
-                             "image": str(f.relative_to(r))})
+                rows.append(
+                    {
+                        "id": f"{class_dir.name}/{f.stem}",
+                        "label": class_dir.name,
+                        "text": text,
+                        "image": str(f.relative_to(r)),
+                    }
+                )
     if not rows:
         raise ValueError(f"class folder root {r} has no <class>/<image> files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     df = pd.DataFrame(rows)
-    folder_cfg = cfg.model_copy(update={"id_col": "id", "label_col": "label", "text_cols": ["text"],
-                                        "image_col": "image", "text_prefixes": {}})
+    folder_cfg = cfg.model_copy(
+        update={"id_col": "id", "label_col": "label", "text_cols": ["text"], "image_col": "image", "text_prefixes": {}}
+    )
     products = products_from_frame(df, folder_cfg, r, source=str(r), require_label=True)
     if descriptions is not None:
         dp = Path(descriptions)

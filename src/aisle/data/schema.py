@@ -41,8 +41,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                               na_values=[""])
+            return pd.read_csv(
+                p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""]
+            )
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
@@ -58,7 +59,9 @@ def _require(df: pd.DataFrame, col: str, what: str, source: str) -> str:
     return col
 
 
-def infer_schema(df: pd.DataFrame, cfg: DataConfig, source: str = "table", require_label: bool = False) -> ProductSchema:
+def infer_schema(
+    df: pd.DataFrame, cfg: DataConfig, source: str = "table", require_label: bool = False
+) -> ProductSchema:
     """Resolve the id / label / text / image columns, explicit settings first, then the conventions.
 
     Args:
@@ -75,9 +78,7 @@ def infer_schema(df: pd.DataFrame, cfg: DataConfig, source: str = "table", requi
     elif "id" in df.columns:
         id_col = "id"
     else:
-        raise ValueError(
-            f"{source}: no 'id' column; set data.id_col to one of: {', '.join(map(str, df.columns))}"
-        )
+        raise ValueError(f"{source}: no 'id' column; set data.id_col to one of: {', '.join(map(str, df.columns))}")
 
     if cfg.label_col is not None:
         label_col: str | None = _require(df, cfg.label_col, "label", source)

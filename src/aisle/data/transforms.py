@@ -9,8 +9,13 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["ImageTransform", "RandomResizedCropFlip", "TextTransform", "build_image_transform",
-           "build_whitespace_text_transform"]
+__all__ = [
+    "ImageTransform",
+    "RandomResizedCropFlip",
+    "TextTransform",
+    "build_image_transform",
+    "build_whitespace_text_transform",
+]
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 TextTransform = Callable[[str], dict[str, torch.Tensor]]

@@ -72,8 +72,9 @@ class CheckReport:
         return d
 
 
-def _probe_all(products: Products, max_pixels: int, workers: int,
-               progress: Callable[[int], None] | None) -> list[ImageIssue]:
+def _probe_all(
+    products: Products, max_pixels: int, workers: int, progress: Callable[[int], None] | None
+) -> list[ImageIssue]:
     """Decode every image of every product; PIL releases the GIL while decoding, so threads scale."""
     jobs = [(str(pid), p) for pid, paths in zip(products.ids, products.image_paths) for p in paths]
 
@@ -108,8 +109,16 @@ def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: 
             image, _ = open_image(paths[row.id][0], products.roots, draft=(thumb, thumb))
         if image is None:
             image = placeholder_image(thumb)
-            ax.text(0.5, 0.5, row.reason or "no image", color="red", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8)
+            ax.text(
+                0.5,
+                0.5,
+                row.reason or "no image",
+                color="red",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
         image.thumbnail((thumb, thumb))
         ax.imshow(np.asarray(image))
         label = (row.label or "?")[:22]
@@ -125,7 +134,7 @@ def _class_plot(counts: dict[str, int], out: Path, top: int = 40) -> Path:
     plt = pyplot()
 
     items = sorted(counts.items(), key=lambda kv: -kv[1])
-    shown = items if len(items) <= top else items[: top // 2] + items[-top // 2:]
+    shown = items if len(items) <= top else items[: top // 2] + items[-top // 2 :]
     fig, ax = plt.subplots(figsize=(7, 0.22 * len(shown) + 1.2))
     ax.barh([k[:30] for k, _ in shown][::-1], [v for _, v in shown][::-1], color="#4C72B0")
     ax.set_xscale("log")
@@ -174,8 +183,11 @@ def run_check(
     unlabelled = int(labels.isna().sum()) if labels is not None else n
     rare = sorted(k for k, v in class_counts.items() if v < cfg.folds)
 
-    no_image = [ImageIssue(str(pid), f"<no file for id {pid}>", MISSING)
-                for pid, paths in zip(products.ids, products.image_paths) if not paths]
+    no_image = [
+        ImageIssue(str(pid), f"<no file for id {pid}>", MISSING)
+        for pid, paths in zip(products.ids, products.image_paths)
+        if not paths
+    ]
     issues = list(products.refused) + no_image
     if not fast:
         if on_total is not None:
@@ -190,16 +202,28 @@ def run_check(
         paths = products.image_paths[i]
         probe = probe_image(paths[0], products.roots, cfg.max_image_pixels) if paths else ImageProbe(False, MISSING)
         text = str(products.texts[i])
-        sample.append(SampleRow(str(products.ids[i]), None if labels is None else labels.iloc[i],
-                                text[:60] + ("…" if len(text) > 60 else ""), len(paths), probe.ok, probe.size,
-                                probe.reason))
+        sample.append(
+            SampleRow(
+                str(products.ids[i]),
+                None if labels is None else labels.iloc[i],
+                text[:60] + ("…" if len(text) > 60 else ""),
+                len(paths),
+                probe.ok,
+                probe.size,
+                probe.reason,
+            )
+        )
 
     schema = products.schema
     report = CheckReport(
         source=products.source,
         n_rows=n,
-        columns={"id": schema.id_col, "label": schema.label_col, "text": list(schema.text_cols),
-                 "image": schema.image_col},
+        columns={
+            "id": schema.id_col,
+            "label": schema.label_col,
+            "text": list(schema.text_cols),
+            "image": schema.image_col,
+        },
         class_counts=class_counts,
         unlabelled=unlabelled,
         duplicate_ids=products.duplicate_ids(),

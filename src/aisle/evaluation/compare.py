@@ -27,10 +27,15 @@ def run_row(run_dir: str | Path) -> dict:
     rd = RunDir(run_dir).require_finished()
     s = read_json(rd.summary)
     m = load_config(rd.config).model
-    row = {"run": rd.root.name, "model": m.type, "fusion": m.fusion_kind if m.type in ("fusion", "dual") else "",
-           "towers": " + ".join(str(v).rsplit("/", 1)[-1] for v in m.tower_names().values()),
-           "params": s["params"]["total"], "train_seconds": sum(st["train_seconds"] for st in s["stages"].values()),
-           "folds": len(s["folds"])}
+    row = {
+        "run": rd.root.name,
+        "model": m.type,
+        "fusion": m.fusion_kind if m.type in ("fusion", "dual") else "",
+        "towers": " + ".join(str(v).rsplit("/", 1)[-1] for v in m.tower_names().values()),
+        "params": s["params"]["total"],
+        "train_seconds": sum(st["train_seconds"] for st in s["stages"].values()),
+        "folds": len(s["folds"]),
+    }
     row.update({k: s["mean"].get(k, np.nan) for k in METRICS})
     return row
 
@@ -106,9 +111,15 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
 def _table(df: pd.DataFrame, path: Path) -> None:
     plt = pyplot()
     cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
-    cells = [[f"{v:.4f}" if isinstance(v, float) and c in METRICS else
-              (f"{v:,.0f}" if isinstance(v, int | float | np.integer | np.floating) else str(v)) for c, v in zip(cols, r)]
-             for r in df[cols].itertuples(index=False)]
+    cells = [
+        [
+            f"{v:.4f}"
+            if isinstance(v, float) and c in METRICS
+            else (f"{v:,.0f}" if isinstance(v, int | float | np.integer | np.floating) else str(v))
+            for c, v in zip(cols, r)
+        ]
+        for r in df[cols].itertuples(index=False)
+    ]
     fig, ax = plt.subplots(figsize=(min(16, 1.3 * len(cols)), 0.45 * len(df) + 0.9))
     ax.axis("off")
     t = ax.table(cellText=cells, colLabels=cols, loc="center", cellLoc="center")

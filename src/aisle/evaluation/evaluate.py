@@ -33,8 +33,9 @@ def evaluate_probs(y_true: list | np.ndarray, probs: np.ndarray, classes: list[s
     metrics = classification_metrics(y, probs)
     pred = probs.argmax(1)
     labels = np.arange(len(classes))
-    rep = classification_report(y[keep], pred[keep], labels=labels, target_names=classes, output_dict=True,
-                                zero_division=0)
+    rep = classification_report(
+        y[keep], pred[keep], labels=labels, target_names=classes, output_dict=True, zero_division=0
+    )
     per_class = pd.DataFrame({c: rep[c] for c in classes}).T
     cm = pd.DataFrame(confusion_matrix(y[keep], pred[keep], labels=labels), index=classes, columns=classes)
     return Evaluation(metrics, per_class, cm, int(keep.sum()), int((~keep).sum()))
@@ -64,10 +65,21 @@ def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, m
         for i in range(n):
             for j in range(n):
                 if m.iat[i, j]:
-                    ax.text(j, i, int(m.iat[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if values[i, j] > 0.5 else "black")
-    ax.set_title("confusion matrix" + (" (row-normalised)" if normalise else "")
-                 + (f", {n} most confused of {len(cm)} classes" if len(cm) > n else ""), fontsize=9)
+                    ax.text(
+                        j,
+                        i,
+                        int(m.iat[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if values[i, j] > 0.5 else "black",
+                    )
+    ax.set_title(
+        "confusion matrix"
+        + (" (row-normalised)" if normalise else "")
+        + (f", {n} most confused of {len(cm)} classes" if len(cm) > n else ""),
+        fontsize=9,
+    )
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -75,8 +87,9 @@ def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, m
     return Path(path)
 
 
-def evaluate_files(probabilities: str | Path, labels: str | Path, out_dir: str | Path | None = None,
-                   label_col: str | None = None) -> Evaluation:
+def evaluate_files(
+    probabilities: str | Path, labels: str | Path, out_dir: str | Path | None = None, label_col: str | None = None
+) -> Evaluation:
     """Join ``probabilities.csv`` (``id,<class>...``) with a labelled table by id and score it.
 
     Raises:

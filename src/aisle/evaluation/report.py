@@ -67,11 +67,16 @@ def _metrics_table(summary: dict) -> str:
     rows = ["<tr><th>stage / fold</th>" + "".join(f"<th>{k}</th>" for k in keys) + "<th>best epoch</th><th>s</th></tr>"]
     for stage, s in summary["stages"].items():
         for fold, m in s["folds"].items():
-            rows.append(f"<tr><td>{html.escape(stage)} / {fold}</td>" + "".join(f"<td>{m.get(k, np.nan):.4f}</td>" for k in keys)
-                        + f"<td>{m['best_epoch']}</td><td>{m['seconds']:.1f}</td></tr>")
-        rows.append(f"<tr><th>{html.escape(stage)} mean ± std</th>" + "".join(
-            f"<th>{s['mean'].get(k, np.nan):.4f} ± {s['std'].get(k, np.nan):.4f}</th>" for k in keys)
-            + f"<th></th><th>{s['train_seconds']:.1f}</th></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(stage)} / {fold}</td>"
+                + "".join(f"<td>{m.get(k, np.nan):.4f}</td>" for k in keys)
+                + f"<td>{m['best_epoch']}</td><td>{m['seconds']:.1f}</td></tr>"
+            )
+        rows.append(
+            f"<tr><th>{html.escape(stage)} mean ± std</th>"
+            + "".join(f"<th>{s['mean'].get(k, np.nan):.4f} ± {s['std'].get(k, np.nan):.4f}</th>" for k in keys)
+            + f"<th></th><th>{s['train_seconds']:.1f}</th></tr>"
+        )
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -97,7 +102,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     _f1_bars(ev.per_class, figs / "per_class_f1.png")
 
     products = load_source(cfg.data, require_label=False)
-    lookup = {str(i): (p[0] if p else None, str(t)) for i, p, t in zip(products.ids, products.image_paths, products.texts)}
+    lookup = {
+        str(i): (p[0] if p else None, str(t)) for i, p, t in zip(products.ids, products.image_paths, products.texts)
+    }
     p_pred = probs.max(1)
     wrong = np.flatnonzero(oof["label"].to_numpy() != oof["pred"].to_numpy())
     worst = wrong[np.argsort(-p_pred[wrong])][:n_errors]
@@ -110,20 +117,24 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
             f'<div class="card"><img src="{_thumb_uri(path, products.roots)}" alt="{html.escape(pid)}">'
             f'<div class="muted">{html.escape(pid)}</div><div>{html.escape(text[:80])}</div>'
             f'<div class="true">true: {html.escape(oof["label"].iat[i])} ({true_p:.2f})</div>'
-            f'<div class="pred">predicted: {html.escape(oof["pred"].iat[i])} ({p_pred[i]:.2f})</div></div>')
+            f'<div class="pred">predicted: {html.escape(oof["pred"].iat[i])} ({p_pred[i]:.2f})</div></div>'
+        )
     m = ev.metrics
-    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>aisle report: {html.escape(rd.name)}</title>
+    title = html.escape(rd.name)
+    fusion = f", {html.escape(cfg.model.fusion_kind)} fusion" if cfg.model.type in ("fusion", "dual") else ""
+    total, acc, f1 = summary["params"]["total"], m["acc"], m["macro_f1"]
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>aisle report: {title}</title>
 <style>{_CSS}</style></head><body>
-<h1 id="title">aisle report: {html.escape(rd.name)}</h1>
-<p>{html.escape(cfg.model.type)} model{', ' + html.escape(cfg.model.fusion_kind) + ' fusion' if cfg.model.type in ('fusion', 'dual') else ''};
-{summary['params']['total']:,} parameters; out-of-fold accuracy <b>{m['acc']:.4f}</b>, macro-F1 <b>{m['macro_f1']:.4f}</b>
+<h1 id="title">aisle report: {title}</h1>
+<p>{html.escape(cfg.model.type)} model{fusion};
+{total:,} parameters; out-of-fold accuracy <b>{acc:.4f}</b>, macro-F1 <b>{f1:.4f}</b>
 over {ev.n_scored:,} training rows.</p>
 <h2>Cross-validation</h2>{_metrics_table(summary)}
-<h2>Training curves</h2><img class="plot" src="{_png_uri(figs / 'curves.png')}" alt="curves">
-<h2>Out-of-fold confusion matrix</h2><img class="plot" src="{_png_uri(figs / 'confusion.png')}" alt="confusion matrix">
-<h2>Per-class F1</h2><img class="plot" src="{_png_uri(figs / 'per_class_f1.png')}" alt="per-class F1">
+<h2>Training curves</h2><img class="plot" src="{_png_uri(figs / "curves.png")}" alt="curves">
+<h2>Out-of-fold confusion matrix</h2><img class="plot" src="{_png_uri(figs / "confusion.png")}" alt="confusion matrix">
+<h2>Per-class F1</h2><img class="plot" src="{_png_uri(figs / "per_class_f1.png")}" alt="per-class F1">
 <h2>Most confident errors ({len(worst)} of {len(wrong):,} out-of-fold errors)</h2>
-<div class="gallery" id="errors">{''.join(cards) or '<p>No errors.</p>'}</div>
+<div class="gallery" id="errors">{"".join(cards) or "<p>No errors.</p>"}</div>
 <h2>Configuration</h2><pre>{html.escape(run.config.read_text())}</pre>
 </body></html>"""
     target = Path(out) if out is not None else run.report

@@ -35,8 +35,9 @@ def ensemble_probabilities(files: Sequence[str | Path], weights: Sequence[float]
             raise ValueError(f"{f}: classes differ from {files[0]} (e.g. {diff[:5]})")
         if len(df) != len(first) or not (df["id"].to_numpy() == first["id"].to_numpy()).all():
             bad = next((i for i, (a, b) in enumerate(zip(first["id"], df["id"])) if a != b), min(len(df), len(first)))
-            raise ValueError(f"{f}: ids differ from {files[0]} (first difference at row {bad + 1}; "
-                             f"{len(df)} vs {len(first)} rows)")
+            raise ValueError(
+                f"{f}: ids differ from {files[0]} (first difference at row {bad + 1}; {len(df)} vs {len(first)} rows)"
+            )
     total = sum(wi * df[classes].to_numpy() for wi, df in zip(w / w.sum(), frames))
     out = pd.DataFrame(total, columns=classes)
     out.insert(0, "id", first["id"])

@@ -52,8 +52,9 @@ class Prediction:
         return self.label_map.decode(self.probs.argmax(1))
 
 
-def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
-                     ) -> tuple[AisleConfig, LabelMap, dict[int, ProductClassifier]]:
+def load_fold_models(
+    run_dir: str | Path, folds: list[int] | None = None
+) -> tuple[AisleConfig, LabelMap, dict[int, ProductClassifier]]:
     """The run's config, label map and each finished fold's best model, rebuilt offline from the folder.
 
     Args:
@@ -70,8 +71,9 @@ def load_fold_models(run_dir: str | Path, folds: list[int] | None = None
     chosen = folds if folds is not None else (cfg.infer.folds or available)
     missing = sorted(set(chosen) - set(available))
     if missing or not chosen:
-        raise FileNotFoundError(f"{rd.stage(stage)}: no best checkpoint for fold(s) {missing or chosen}; "
-                                f"available: {available}")
+        raise FileNotFoundError(
+            f"{rd.stage(stage)}: no best checkpoint for fold(s) {missing or chosen}; available: {available}"
+        )
     models = {}
     for k in chosen:
         model = create_classifier(cfg.model, len(label_map), assets=rd.assets)
@@ -85,8 +87,15 @@ def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None
     return [None] + [TTA_POLICIES.get(name) for name in tta]
 
 
-def _shared_features(rd: RunDir, models: dict[int, ProductClassifier], products: Products, cfg: AisleConfig,
-                     tta: list[str], scales: list[int], batch_size: int) -> dict:
+def _shared_features(
+    rd: RunDir,
+    models: dict[int, ProductClassifier],
+    products: Products,
+    cfg: AisleConfig,
+    tta: list[str],
+    scales: list[int],
+    batch_size: int,
+) -> dict:
     """Features of towers that training never changed (every fold holds the run's initial weights: frozen),
     encoded once for all folds and kept in the feature cache: {("image", size, view): (feats, has_image),
     ("text",): feats}."""
@@ -103,23 +112,30 @@ def _shared_features(rd: RunDir, models: dict[int, ProductClassifier], products:
         return all(f"{attr}." in s for s in left_out)
 
     out: dict = {}
-    kw = {"batch_size": batch_size, "num_workers": cfg.runtime.num_workers, "multi_image": cfg.data.multi_image,
-          "max_images": cfg.data.max_images, "max_pixels": cfg.data.max_image_pixels}
+    kw = {
+        "batch_size": batch_size,
+        "num_workers": cfg.runtime.num_workers,
+        "multi_image": cfg.data.multi_image,
+        "max_images": cfg.data.max_images,
+        "max_pixels": cfg.data.max_image_pixels,
+    }
     first = next(iter(models.values()))
     if first.image_encoder is not None and frozen("image_encoder"):
         for size in scales or [None]:
             s = size or first.image_encoder.preprocess.size
             key = tower_key(first.image_encoder, {"image_size": s})
             for view in ["orig", *tta]:
-                out[("image", size, view)] = tower_features(first.image_encoder, products, cfg.runtime.cache_dir,
-                                                            view=view, image_size=s, key=key, **kw)
+                out[("image", size, view)] = tower_features(
+                    first.image_encoder, products, cfg.runtime.cache_dir, view=view, image_size=s, key=key, **kw
+                )
     if first.text_encoder is not None and frozen("text_encoder"):
         out[("text",)] = tower_features(first.text_encoder, products, cfg.runtime.cache_dir, **kw)[0]
     return out
 
 
-def _run(model: ProductClassifier, loader, views: list[Callable | None],
-         progress: Callable[[int], None] | None) -> np.ndarray:
+def _run(
+    model: ProductClassifier, loader, views: list[Callable | None], progress: Callable[[int], None] | None
+) -> np.ndarray:
     """Mean softmax over ``views`` (functions on the pixel batch; None = as is) for every row of ``loader``."""
     chunks = []
     with torch.inference_mode():
@@ -134,9 +150,17 @@ def _run(model: ProductClassifier, loader, views: list[Callable | None],
     return np.concatenate(chunks)
 
 
-def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfig, tta: list[str],
-                   scales: list[int], batch_size: int, progress: Callable[[int], None] | None, shared: dict,
-                   tokens: dict[str, np.ndarray] | None) -> np.ndarray:
+def _predict_model(
+    model: ProductClassifier,
+    products: Products,
+    cfg: AisleConfig,
+    tta: list[str],
+    scales: list[int],
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    shared: dict,
+    tokens: dict[str, np.ndarray] | None,
+) -> np.ndarray:
     """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them,
     pre-tokenized texts where ``tokens`` are given."""
     text = shared.get(("text",))
@@ -144,8 +168,15 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
     inputs = loader_inputs(model)
 
     def loader(image_features=None, image_size: int | None = None):
-        return build_loader(products, None, opts, train=False, image_size=image_size, **inputs,
-                            precomputed=Precomputed(image_features, text, tokens=tokens))
+        return build_loader(
+            products,
+            None,
+            opts,
+            train=False,
+            image_size=image_size,
+            **inputs,
+            precomputed=Precomputed(image_features, text, tokens=tokens),
+        )
 
     if model.image_encoder is None:
         return _run(model, loader(), [None], progress)
@@ -162,10 +193,17 @@ def _predict_model(model: ProductClassifier, products: Products, cfg: AisleConfi
     return np.mean(per_size, axis=0)
 
 
-def predict(run_dir: str | Path, data: str | Path | pd.DataFrame | None = None, folds: list[int] | None = None,
-            tta: list[str] | None = None, scales: list[int] | None = None, batch_size: int | None = None,
-            image_dir: str | Path | None = None, progress: Callable[[int], None] | None = None,
-            feature_cache: bool | None = None) -> Prediction:
+def predict(
+    run_dir: str | Path,
+    data: str | Path | pd.DataFrame | None = None,
+    folds: list[int] | None = None,
+    tta: list[str] | None = None,
+    scales: list[int] | None = None,
+    batch_size: int | None = None,
+    image_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    feature_cache: bool | None = None,
+) -> Prediction:
     """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
 
     Args:
@@ -191,14 +229,17 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame | None = None, 
         cfg.runtime.feature_cache = feature_cache
     if data is None:
         if not cfg.data.test_csv:
-            raise ValueError(f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
-                             f"run's config ({rd.config})")
+            raise ValueError(
+                f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
+                f"run's config ({rd.config})"
+            )
         data = cfg.data.test_csv
     data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
     if isinstance(data, pd.DataFrame):
         root = Path(image_dir).parent if image_dir else Path(".")
-        products = products_from_frame(data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"),
-                                       source="DataFrame")
+        products = products_from_frame(
+            data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source="DataFrame"
+        )
     else:
         products = load_products(data, data_cfg)
     if cfg.runtime.num_workers and len(products) < 256:  # worker start-up costs more than it saves
@@ -209,15 +250,21 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame | None = None, 
         TTA_POLICIES.get(name)  # unknown names fail before any work
     dups = products.duplicate_ids()
     if dups:
-        log.warning("%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source,
-                    len(dups), dups[:10])
+        log.warning(
+            "%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source, len(dups), dups[:10]
+        )
     unseen: dict[str, int] = {}
     if products.labels is not None:
         _, counter = label_map.encode(products.labels)
         unseen = dict(counter)
         if unseen:
-            log.warning("%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
-                        products.source, len(unseen), sum(unseen.values()), list(unseen)[:10])
+            log.warning(
+                "%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
+                products.source,
+                len(unseen),
+                sum(unseen.values()),
+                list(unseen)[:10],
+            )
     bs = batch_size or cfg.runtime.batch_size_infer
     shared = _shared_features(rd, models, products, cfg, tta, scales, bs)
     rows, tokens, order = products, None, None
@@ -229,8 +276,7 @@ def predict(run_dir: str | Path, data: str | Path | pd.DataFrame | None = None, 
         order = np.argsort(tokens["attention_mask"].sum(1), kind="stable")
         rows, tokens = products.subset(order), {k: v[order] for k, v in tokens.items()}
         shared = {k: (v[0][order], v[1][order]) if k[0] == "image" else v[order] for k, v in shared.items()}
-    fold_probs = {k: _predict_model(m, rows, cfg, tta, scales, bs, progress, shared, tokens)
-                  for k, m in models.items()}
+    fold_probs = {k: _predict_model(m, rows, cfg, tta, scales, bs, progress, shared, tokens) for k, m in models.items()}
     if order is not None:
         inverse = np.argsort(order)
         fold_probs = {k: p[inverse] for k, p in fold_probs.items()}

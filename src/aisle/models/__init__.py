@@ -6,8 +6,8 @@ from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.factory import create_classifier, create_towers, image_preprocess, save_model_assets, set_trainable
 from aisle.models.fusion import FUSIONS
 from aisle.models.image_towers import IMAGE_TOWERS
-from aisle.registry import Registry
 from aisle.models.text_towers import TEXT_TOWERS
+from aisle.registry import Registry
 
 __all__ = [
     "DUAL_ENCODERS",

@@ -82,6 +82,8 @@ def parse_tower_name(spec: str, known: list[str]) -> tuple[str, str]:
     """Split ``prefix:name`` once (``timm:resnet18`` -> ``("timm", "resnet18")``); the prefix must be known."""
     prefix, sep, name = spec.partition(":")
     if not sep or prefix not in known or not name:
-        raise ValueError(f"tower name {spec!r} must be '<prefix>:<model>' with prefix one of: {', '.join(known)} "
-                         f"(e.g. timm:resnet18, hf:bert-base-multilingual-cased, open_clip:ViT-L-14/openai)")
+        raise ValueError(
+            f"tower name {spec!r} must be '<prefix>:<model>' with prefix one of: {', '.join(known)} "
+            f"(e.g. timm:resnet18, hf:bert-base-multilingual-cased, open_clip:ViT-L-14/openai)"
+        )
     return prefix, name

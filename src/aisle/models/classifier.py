@@ -27,19 +27,30 @@ class ProductClassifier(nn.Module):
         missing_image_embedding: replace features of products without any image with a learned vector.
     """
 
-    def __init__(self, image: Tower | None, text: Tower | None, num_classes: int, fusion: str = "concat",
-                 fusion_dim: int = 256, head_hidden: int = 512, dropout: float = 0.1,
-                 modality_dropout: float = 0.0, missing_image_embedding: bool = True) -> None:
+    def __init__(
+        self,
+        image: Tower | None,
+        text: Tower | None,
+        num_classes: int,
+        fusion: str = "concat",
+        fusion_dim: int = 256,
+        head_hidden: int = 512,
+        dropout: float = 0.1,
+        modality_dropout: float = 0.0,
+        missing_image_embedding: bool = True,
+    ) -> None:
         super().__init__()
         if image is None and text is None:
             raise ValueError("a classifier needs an image tower, a text tower or both")
         self.image_encoder, self.text_encoder = image, text
         dims = [t.output_dim for t in (image, text) if t is not None]
-        self.head = FUSIONS.create(fusion if len(dims) > 1 else "concat", dims, num_classes, fusion_dim,
-                                   head_hidden, dropout)
+        self.head = FUSIONS.create(
+            fusion if len(dims) > 1 else "concat", dims, num_classes, fusion_dim, head_hidden, dropout
+        )
         self.modality_dropout = modality_dropout
-        self.missing_image = (nn.Parameter(torch.zeros(image.output_dim))
-                              if image is not None and missing_image_embedding else None)
+        self.missing_image = (
+            nn.Parameter(torch.zeros(image.output_dim)) if image is not None and missing_image_embedding else None
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
         feats, img, txt = [], None, None

@@ -17,8 +17,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, CLIPConfig, SiglipConfig
 
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
-from aisle.registry import Registry
 from aisle.models.tokenizer import train_word_tokenizer
+from aisle.registry import Registry
 
 __all__ = ["DUAL_ENCODERS", "TINY_PRESET"]
 
@@ -34,11 +34,22 @@ def _pooled(out: Any) -> torch.Tensor:
 class _ImageView(Tower):
     modality = "image"
 
-    def __init__(self, encoder: nn.Module, projection: nn.Module | None, output_dim: int,
-                 preprocess: ImagePreprocess, call: str = "hf") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projection: nn.Module | None,
+        output_dim: int,
+        preprocess: ImagePreprocess,
+        call: str = "hf",
+    ) -> None:
         super().__init__()
         self.encoder, self.projection, self.output_dim, self.preprocess, self.call = (
-            encoder, projection, output_dim, preprocess, call)
+            encoder,
+            projection,
+            output_dim,
+            preprocess,
+            call,
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float
@@ -53,8 +64,15 @@ class _ImageView(Tower):
 class _HFTextView(Tower):
     modality = "text"
 
-    def __init__(self, encoder: nn.Module, projection: nn.Module | None, output_dim: int, tokenizer: Any,
-                 max_length: int, pad_to_max: bool) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projection: nn.Module | None,
+        output_dim: int,
+        tokenizer: Any,
+        max_length: int,
+        pad_to_max: bool,
+    ) -> None:
         super().__init__()
         self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
         self.tokenizer, self.max_length, self.pad_to_max = tokenizer, max_length, pad_to_max
@@ -62,8 +80,13 @@ class _HFTextView(Tower):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         # SigLIP was trained on max-length padding; CLIP on the longest in the batch.
-        enc = self.tokenizer(list(texts), padding="max_length" if self.pad_to_max else True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length" if self.pad_to_max else True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         mask = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
         return {"input_ids": enc["input_ids"], "attention_mask": mask}
 
@@ -89,8 +112,15 @@ class DualEncoder(nn.Module):
         return dict(self.settings)
 
 
-def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Sequence[str],
-             assets_dir: str | Path | None, image_size: int | None) -> DualEncoder:
+def _hf_dual(
+    kind: str,
+    name: str,
+    pretrained: bool,
+    max_length: int,
+    texts: Sequence[str],
+    assets_dir: str | Path | None,
+    image_size: int | None,
+) -> DualEncoder:
     pad_to_max = kind == "siglip"
     if assets_dir is not None:
         config = AutoConfig.from_pretrained(assets_dir)
@@ -99,18 +129,36 @@ def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Seq
         preprocess = ImagePreprocess(meta["size"], tuple(meta["mean"]), tuple(meta["std"]), meta["interpolation"])
     elif name == TINY_PRESET:
         tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=1000)
-        tcfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                    vocab_size=len(tokenizer), max_position_embeddings=max(64, max_length),
-                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                    eos_token_id=tokenizer.sep_token_id)
-        vcfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                    image_size=image_size or 32, patch_size=8)
-        config = (CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24) if kind == "clip"
-                  else SiglipConfig(text_config=tcfg, vision_config=vcfg))
+        tcfg = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max(64, max_length),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        )
+        vcfg = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=image_size or 32,
+            patch_size=8,
+        )
+        config = (
+            CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
+            if kind == "clip"
+            else SiglipConfig(text_config=tcfg, vision_config=vcfg)
+        )
         model = AutoModel.from_config(config)
         preprocess = ImagePreprocess(image_size or 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
     else:
-        model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
+        model = (
+            AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
+        )
         processor = AutoProcessor.from_pretrained(name)
         tokenizer = processor.tokenizer
         ip = processor.image_processor
@@ -120,11 +168,20 @@ def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Seq
     vision_proj = getattr(model, "visual_projection", None)
     text_proj = getattr(model, "text_projection", None)
     proj_dim = getattr(cfg, "projection_dim", None)
-    image = _ImageView(model.vision_model, vision_proj, int(proj_dim if vision_proj is not None
-                                                            else cfg.vision_config.hidden_size), preprocess)
-    text = _HFTextView(model.text_model, text_proj, int(proj_dim if text_proj is not None
-                                                        else cfg.text_config.hidden_size), tokenizer,
-                       max_length, pad_to_max)
+    image = _ImageView(
+        model.vision_model,
+        vision_proj,
+        int(proj_dim if vision_proj is not None else cfg.vision_config.hidden_size),
+        preprocess,
+    )
+    text = _HFTextView(
+        model.text_model,
+        text_proj,
+        int(proj_dim if text_proj is not None else cfg.text_config.hidden_size),
+        tokenizer,
+        max_length,
+        pad_to_max,
+    )
 
     def assets(folder: Path) -> None:
         cfg.save_pretrained(folder)
@@ -135,15 +192,27 @@ def _hf_dual(kind: str, name: str, pretrained: bool, max_length: int, texts: Seq
 
 
 @DUAL_ENCODERS.register("hf-clip")
-def hf_clip(name: str, pretrained: bool = True, max_length: int = 77, texts: Sequence[str] = (),
-            assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+def hf_clip(
+    name: str,
+    pretrained: bool = True,
+    max_length: int = 77,
+    texts: Sequence[str] = (),
+    assets_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> DualEncoder:
     """``hf-clip:openai/clip-vit-base-patch32`` (or ``hf-clip:tiny``): Hugging Face CLIP."""
     return _hf_dual("clip", name, pretrained, min(max_length, 77), texts, assets_dir, image_size)
 
 
 @DUAL_ENCODERS.register("hf-siglip")
-def hf_siglip(name: str, pretrained: bool = True, max_length: int = 64, texts: Sequence[str] = (),
-              assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+def hf_siglip(
+    name: str,
+    pretrained: bool = True,
+    max_length: int = 64,
+    texts: Sequence[str] = (),
+    assets_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> DualEncoder:
     """``hf-siglip:google/siglip-so400m-patch14-384`` (or ``hf-siglip:tiny``): SigLIP / SigLIP2."""
     return _hf_dual("siglip", name, pretrained, max_length, texts, assets_dir, image_size)
 
@@ -164,14 +233,22 @@ class _OpenClipTextView(Tower):
         return self.clip.encode_text(batch["input_ids"])
 
 
-_TINY_OPEN_CLIP = {"embed_dim": 24,
-                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
-                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+_TINY_OPEN_CLIP = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
 
 
 @DUAL_ENCODERS.register("open_clip")
-def open_clip_dual(name: str, pretrained: bool = True, max_length: int = 77, texts: Sequence[str] = (),
-                   assets_dir: str | Path | None = None, image_size: int | None = None) -> DualEncoder:
+def open_clip_dual(
+    name: str,
+    pretrained: bool = True,
+    max_length: int = 77,
+    texts: Sequence[str] = (),
+    assets_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> DualEncoder:
     """``open_clip:ViT-L-14/openai`` (architecture/pretrained tag), ``open_clip:tiny`` for tests."""
     import open_clip
 
@@ -190,11 +267,17 @@ def open_clip_dual(name: str, pretrained: bool = True, max_length: int = 77, tex
     model = open_clip.create_model(arch, pretrained=(tag or None) if pretrained else None)
     tokenizer = open_clip.get_tokenizer(arch)
     pp = open_clip.get_model_preprocess_cfg(model)
-    preprocess = ImagePreprocess(image_size or int(pp["size"][0] if isinstance(pp["size"], tuple | list)
-                                                   else pp["size"]), tuple(pp["mean"]), tuple(pp["std"]),
-                                 str(pp.get("interpolation", "bicubic")))
-    embed_dim = int(model.text_projection.shape[1] if isinstance(model.text_projection, torch.Tensor)
-                    else model.text_projection.out_features)
+    preprocess = ImagePreprocess(
+        image_size or int(pp["size"][0] if isinstance(pp["size"], tuple | list) else pp["size"]),
+        tuple(pp["mean"]),
+        tuple(pp["std"]),
+        str(pp.get("interpolation", "bicubic")),
+    )
+    embed_dim = int(
+        model.text_projection.shape[1]
+        if isinstance(model.text_projection, torch.Tensor)
+        else model.text_projection.out_features
+    )
     for name in ("logit_scale", "logit_bias"):  # contrastive temperature: unused by a classifier head
         param = getattr(model, name, None)
         if isinstance(param, nn.Parameter):

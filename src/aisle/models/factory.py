@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from aisle.config import NgramTowerConfig, ModelConfig, TowerConfig
+from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
@@ -17,7 +17,16 @@ from aisle.models.image_towers import IMAGE_TOWERS
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
 from aisle.models.text_towers import TEXT_TOWERS
 
-__all__ = ["check_tower_names", "create_classifier", "has_model_assets", "image_preprocess", "loader_inputs", "save_model_assets", "set_trainable", "use_channels_last"]
+__all__ = [
+    "check_tower_names",
+    "create_classifier",
+    "has_model_assets",
+    "image_preprocess",
+    "loader_inputs",
+    "save_model_assets",
+    "set_trainable",
+    "use_channels_last",
+]
 
 
 _EXAMPLES = {"image": "timm:resnet18", "text": "hf:bert-base-uncased", "dual": "open_clip:ViT-B-32/openai"}
@@ -45,8 +54,9 @@ def check_tower_names(mcfg: ModelConfig) -> None:
             raise ValueError(f"model.{section}.name: {e}") from None
 
 
-def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Path | None = None
-                  ) -> tuple[Tower | None, Tower | None]:
+def create_towers(
+    mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Path | None = None
+) -> tuple[Tower | None, Tower | None]:
     """The image and text towers the model type asks for.
 
     Args:
@@ -59,17 +69,28 @@ def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Pa
     image = text = None
     if mcfg.type == "dual":
         prefix, name = parse_tower_name(_need(mcfg.dual, "dual"), DUAL_ENCODERS.list())
-        dual = DUAL_ENCODERS.create(prefix, name, pretrained=mcfg.dual.pretrained, max_length=mcfg.dual.max_length,
-                                    texts=texts, assets_dir=None if a is None else a / "dual",
-                                    image_size=mcfg.image_size)
+        dual = DUAL_ENCODERS.create(
+            prefix,
+            name,
+            pretrained=mcfg.dual.pretrained,
+            max_length=mcfg.dual.max_length,
+            texts=texts,
+            assets_dir=None if a is None else a / "dual",
+            image_size=mcfg.image_size,
+        )
         dual.image.dual_saver = dual.save_assets  # a plain attribute (not a submodule): saves both views' assets
         return dual.image, dual.text
     if mcfg.type in ("image", "fusion"):
         prefix, name = parse_tower_name(_need(mcfg.image, "image"), IMAGE_TOWERS.list())
         extra = settings.get("image", {})
-        image = IMAGE_TOWERS.create(prefix, name, pretrained=mcfg.image.pretrained and a is None,
-                                    image_size=mcfg.image_size, architecture=extra.get("architecture"),
-                                    pretrained_cfg=extra.get("pretrained_cfg"))
+        image = IMAGE_TOWERS.create(
+            prefix,
+            name,
+            pretrained=mcfg.image.pretrained and a is None,
+            image_size=mcfg.image_size,
+            architecture=extra.get("architecture"),
+            pretrained_cfg=extra.get("pretrained_cfg"),
+        )
     if mcfg.type in ("text", "fusion"):
         tc = mcfg.text
         prefix, name = parse_tower_name(_need(tc, "text"), TEXT_TOWERS.list())
@@ -86,14 +107,22 @@ def create_towers(mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Pa
     return image, text
 
 
-def create_classifier(mcfg: ModelConfig, num_classes: int, texts: Sequence[str] = (),
-                      assets: str | Path | None = None) -> ProductClassifier:
+def create_classifier(
+    mcfg: ModelConfig, num_classes: int, texts: Sequence[str] = (), assets: str | Path | None = None
+) -> ProductClassifier:
     """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`)."""
     image, text = create_towers(mcfg, texts, assets)
-    return ProductClassifier(image, text, num_classes, fusion=mcfg.fusion_kind, fusion_dim=mcfg.fusion_dim,
-                             head_hidden=mcfg.head_hidden, dropout=mcfg.dropout,
-                             modality_dropout=mcfg.modality_dropout,
-                             missing_image_embedding=mcfg.missing_image_embedding)
+    return ProductClassifier(
+        image,
+        text,
+        num_classes,
+        fusion=mcfg.fusion_kind,
+        fusion_dim=mcfg.fusion_dim,
+        head_hidden=mcfg.head_hidden,
+        dropout=mcfg.dropout,
+        modality_dropout=mcfg.modality_dropout,
+        missing_image_embedding=mcfg.missing_image_embedding,
+    )
 
 
 def has_model_assets(folder: str | Path) -> bool:
@@ -126,8 +155,11 @@ def image_preprocess(model: ProductClassifier) -> ImagePreprocess | None:
 def loader_inputs(model: ProductClassifier) -> dict[str, Any]:
     """What ``aisle.data.loaders.build_loader`` needs from a model: image preprocessing and the text tokenizer."""
     text = model.text_encoder
-    return {"preprocess": image_preprocess(model), "tokenize": text.tokenize if text is not None else None,
-            "fixed_length": bool(text is not None and text.fixed_length)}
+    return {
+        "preprocess": image_preprocess(model),
+        "tokenize": text.tokenize if text is not None else None,
+        "fixed_length": bool(text is not None and text.fixed_length),
+    }
 
 
 def set_trainable(tower: nn.Module | None, trainable: bool, last_n_blocks: int | None = None) -> None:
@@ -140,7 +172,7 @@ def set_trainable(tower: nn.Module | None, trainable: bool, last_n_blocks: int |
         blocks = tower.blocks() if isinstance(tower, Tower) else []
         if not blocks:
             raise ValueError(f"{type(tower).__name__} does not expose blocks; use trainable true/false")
-        for block in blocks[len(blocks) - last_n_blocks:] if last_n_blocks else []:
+        for block in blocks[len(blocks) - last_n_blocks :] if last_n_blocks else []:
             for p in block.parameters():
                 p.requires_grad = True
 

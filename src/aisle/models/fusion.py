@@ -16,8 +16,9 @@ def mlp_head(in_dim: int, num_classes: int, hidden: int, dropout: float) -> nn.M
     """LayerNorm -> (Linear -> GELU -> Dropout) -> Linear; ``hidden=0`` gives a linear head."""
     if hidden <= 0:
         return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
-    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
 
 
 class _Fusion(nn.Module):

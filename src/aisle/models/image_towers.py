@@ -31,20 +31,28 @@ class TimmImageTower(Tower):
 
     modality = "image"
 
-    def __init__(self, name: str, pretrained: bool = True, image_size: int | None = None,
-                 architecture: str | None = None, pretrained_cfg: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = True,
+        image_size: int | None = None,
+        architecture: str | None = None,
+        pretrained_cfg: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         if architecture is not None:
-            self.model = timm.create_model(architecture, pretrained=False, num_classes=0,
-                                           pretrained_cfg_overlay=pretrained_cfg or {})
+            self.model = timm.create_model(
+                architecture, pretrained=False, num_classes=0, pretrained_cfg_overlay=pretrained_cfg or {}
+            )
         else:
             self.model = timm.create_model(name, pretrained=pretrained, num_classes=0)
         self.output_dim = int(self.model.num_features)
         data_cfg = resolve_data_config({}, model=self.model)
         size = image_size or int(data_cfg["input_size"][-1])
-        self.preprocess = ImagePreprocess(size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]),
-                                          str(data_cfg.get("interpolation", "bicubic")))
+        self.preprocess = ImagePreprocess(
+            size, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), str(data_cfg.get("interpolation", "bicubic"))
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float

@@ -34,16 +34,23 @@ def parse_ngram_spec(spec: str) -> list[tuple[str, int, int]]:
     for part in spec.split(","):
         m = _PART.match(part.strip())
         if not m or not 1 <= int(m.group(2)) <= int(m.group(3)):
-            raise ValueError(f"ngram tower spec {spec!r}: each part must be word<a>-<b> or char<a>-<b> with "
-                             f"1 <= a <= b (e.g. ngram:word1-2,char2-5)")
+            raise ValueError(
+                f"ngram tower spec {spec!r}: each part must be word<a>-<b> or char<a>-<b> with "
+                f"1 <= a <= b (e.g. ngram:word1-2,char2-5)"
+            )
         parts.append((m.group(1), int(m.group(2)), int(m.group(3))))
     return parts
 
 
 def _analyzers(parts: list[tuple[str, int, int]]) -> list[tuple[str, Callable[[str], list[str]]]]:
     """scikit-learn's own analyzers (lower-cased words of 2+ letters; ``char_wb`` n-grams inside word bounds)."""
-    return [(kind[0], TfidfVectorizer(analyzer="word" if kind == "word" else "char_wb",
-                                      ngram_range=(lo, hi)).build_analyzer()) for kind, lo, hi in parts]
+    return [
+        (
+            kind[0],
+            TfidfVectorizer(analyzer="word" if kind == "word" else "char_wb", ngram_range=(lo, hi)).build_analyzer(),
+        )
+        for kind, lo, hi in parts
+    ]
 
 
 @TEXT_TOWERS.register("ngram")
@@ -63,9 +70,16 @@ class NgramTextTower(Tower):
     modality = "text"
     from_scratch = True  # trained in every stage, also when a stage freezes the (pretrained) encoders
 
-    def __init__(self, name: str = "word1-2,char2-5", texts: Sequence[str] = (), max_length: int = 128,
-                 embed_dim: int = 128, min_df: int = 2, max_features: int = 2**18,
-                 assets_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "word1-2,char2-5",
+        texts: Sequence[str] = (),
+        max_length: int = 128,
+        embed_dim: int = 128,
+        min_df: int = 2,
+        max_features: int = 2**18,
+        assets_dir: str | Path | None = None,
+    ) -> None:
         super().__init__()
         self.name, self.max_length = name, max_length
         self.analyzers = _analyzers(parse_ngram_spec(name))
@@ -81,7 +95,7 @@ class NgramTextTower(Tower):
         self.index = {g: i + 1 for i, g in enumerate(vocab)}  # 0 = padding
         self.register_buffer("idf", idf)  # (V + 1,), idf[0] = 0
         self.embedding = nn.EmbeddingBag(len(vocab) + 1, embed_dim, mode="sum", padding_idx=0)
-        nn.init.normal_(self.embedding.weight, std=embed_dim ** -0.5)
+        nn.init.normal_(self.embedding.weight, std=embed_dim**-0.5)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.output_dim = embed_dim
@@ -97,8 +111,10 @@ class NgramTextTower(Tower):
         try:
             fitted.fit(list(texts))
         except ValueError as e:  # "After pruning, no terms remain" / "empty vocabulary"
-            raise ValueError(f"no n-gram occurs in {min_df}+ of the {len(texts)} training texts; lower min_df "
-                             f"or check the text columns ({e})") from e
+            raise ValueError(
+                f"no n-gram occurs in {min_df}+ of the {len(texts)} training texts; lower min_df "
+                f"or check the text columns ({e})"
+            ) from e
         vocab = [str(g) for g in fitted.get_feature_names_out()]
         return vocab, torch.cat([torch.zeros(1), torch.as_tensor(fitted.idf_, dtype=torch.float32)])
 

@@ -11,8 +11,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig
 
 from aisle.models.base import Tower, masked_mean
-from aisle.registry import Registry
 from aisle.models.tokenizer import train_word_tokenizer
+from aisle.registry import Registry
 
 __all__ = ["TEXT_TOWERS", "HFTextTower", "tiny_bert_tower"]
 
@@ -35,9 +35,16 @@ class HFTextTower(Tower):
 
     modality = "text"
 
-    def __init__(self, name: str, pretrained: bool = True, pooler: Literal["cls", "mean"] = "mean",
-                 max_length: int = 128, config: PretrainedConfig | None = None, tokenizer: Any = None,
-                 assets_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = True,
+        pooler: Literal["cls", "mean"] = "mean",
+        max_length: int = 128,
+        config: PretrainedConfig | None = None,
+        tokenizer: Any = None,
+        assets_dir: str | Path | None = None,
+    ) -> None:
         super().__init__()
         self.name, self.pooler, self.max_length = name, pooler, max_length
         if assets_dir is not None:
@@ -49,16 +56,20 @@ class HFTextTower(Tower):
             self.model = AutoModel.from_config(config)
             self.tokenizer = tokenizer
         else:
-            self.model = (AutoModel.from_pretrained(name) if pretrained
-                          else AutoModel.from_config(AutoConfig.from_pretrained(name)))
+            self.model = (
+                AutoModel.from_pretrained(name)
+                if pretrained
+                else AutoModel.from_config(AutoConfig.from_pretrained(name))
+            )
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused (we pool ourselves); would get no gradient
         self.output_dim = int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,9 +92,15 @@ class HFTextTower(Tower):
 
 
 @TEXT_TOWERS.register("tiny")
-def tiny_bert_tower(name: str = "bert", pretrained: bool = False, pooler: Literal["cls", "mean"] = "mean",
-                    max_length: int = 32, texts: Sequence[str] = (), hidden_size: int = 32,
-                    assets_dir: str | Path | None = None) -> HFTextTower:
+def tiny_bert_tower(
+    name: str = "bert",
+    pretrained: bool = False,
+    pooler: Literal["cls", "mean"] = "mean",
+    max_length: int = 32,
+    texts: Sequence[str] = (),
+    hidden_size: int = 32,
+    assets_dir: str | Path | None = None,
+) -> HFTextTower:
     """``tiny:bert``: a 2-layer BERT (hidden 32, 4 heads, intermediate 37) with a tokenizer trained on ``texts``.
 
     For tests and the demo; nothing is downloaded. ``pretrained`` is ignored (random weights).
@@ -93,7 +110,13 @@ def tiny_bert_tower(name: str = "bert", pretrained: bool = False, pooler: Litera
     if assets_dir is not None:
         return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, assets_dir=assets_dir)
     tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=2000)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=max(64, max_length),
-                        pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=max(64, max_length),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, config=config, tokenizer=tokenizer)

@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 import torch
 
-
 from aisle.rundir import FoldDir
 from aisle.serialization import load_optimizer_state, save_optimizer_state, save_weights, write_json
 
@@ -21,6 +20,7 @@ def seed_epoch(seed: int, epoch: int, generator: torch.Generator | None) -> None
     L.seed_everything(seed + epoch, workers=True, verbose=False)
     if generator is not None:
         generator.manual_seed(seed + epoch)
+
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr", "seconds"]
 
@@ -40,8 +40,16 @@ class EpochCheckpoint(L.Callback):
             replays exactly what an uninterrupted run would have done.
     """
 
-    def __init__(self, fold_dir: FoldDir, monitor: str, epoch_offset: int = 0, best_score: float | None = None,
-                 seed: int = 0, generator: torch.Generator | None = None, exclude: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        fold_dir: FoldDir,
+        monitor: str,
+        epoch_offset: int = 0,
+        best_score: float | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        exclude: tuple[str, ...] = (),
+    ) -> None:
         self.fold_dir, self.monitor, self.seed, self.generator = fold_dir, monitor, seed, generator
         self.exclude = exclude
         self.mode = "min" if monitor == "val_loss" else "max"
@@ -67,8 +75,12 @@ class EpochCheckpoint(L.Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         epoch = self.epoch_offset + trainer.current_epoch + 1
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        row = {"epoch": epoch, **{k: m.get(k, np.nan) for k in HISTORY_FIELDS[1:6]}, "lr": lr,
-               "seconds": round(time.perf_counter() - self._t0, 3)}
+        row = {
+            "epoch": epoch,
+            **{k: m.get(k, np.nan) for k in HISTORY_FIELDS[1:6]},
+            "lr": lr,
+            "seconds": round(time.perf_counter() - self._t0, 3),
+        }
         hist = self.fold_dir.history
         new = not hist.exists()
         with open(hist, "a", newline="") as f:
@@ -80,17 +92,26 @@ class EpochCheckpoint(L.Callback):
         if value is not None and self._better(value):
             self.best_score = value
             save_weights(pl_module.model, self.fold_dir.best, exclude=self.exclude)
-            write_json(self.fold_dir.best_info, {"epoch": epoch, "monitor": self.monitor, "score": value,
-                                                     "metrics": {k: v for k, v in m.items()}})
+            write_json(
+                self.fold_dir.best_info,
+                {"epoch": epoch, "monitor": self.monitor, "score": value, "metrics": {k: v for k, v in m.items()}},
+            )
         save_weights(pl_module.model, self.fold_dir.last, exclude=self.exclude)
         save_optimizer_state(trainer.optimizers[0], self.fold_dir.last_optim)
         sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         es = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
-        write_json(self.fold_dir.last_info, {
-            "epoch": epoch, "global_step": int(trainer.global_step), "best_score": self.best_score,
-            "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} if sched else None,
-            "early_stopping": {"wait_count": int(es.wait_count), "best_score": float(es.best_score)} if es else None,
-        })
+        write_json(
+            self.fold_dir.last_info,
+            {
+                "epoch": epoch,
+                "global_step": int(trainer.global_step),
+                "best_score": self.best_score,
+                "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} if sched else None,
+                "early_stopping": {"wait_count": int(es.wait_count), "best_score": float(es.best_score)}
+                if es
+                else None,
+            },
+        )
 
 
 class ResumeState(L.Callback):

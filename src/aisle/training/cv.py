@@ -31,9 +31,16 @@ def _summarise(results: list[FoldResult], stage: str, params: dict[str, int]) ->
     keys = sorted({k for r in results for k in r.metrics})
     mean = {k: statistics.fmean(r.metrics[k] for r in results) for k in keys}
     std = {k: statistics.pstdev([r.metrics[k] for r in results]) for k in keys}
-    return {"stage": stage, "folds": {str(r.fold): {**r.metrics, "best_epoch": r.best_epoch,
-                                                    "seconds": round(r.seconds, 2)} for r in results},
-            "mean": mean, "std": std, "train_seconds": round(sum(r.seconds for r in results), 2), "params": params}
+    return {
+        "stage": stage,
+        "folds": {
+            str(r.fold): {**r.metrics, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 2)} for r in results
+        },
+        "mean": mean,
+        "std": std,
+        "train_seconds": round(sum(r.seconds for r in results), 2),
+        "params": params,
+    }
 
 
 def is_rank_zero() -> bool:
@@ -45,15 +52,24 @@ def prepare_run_dir(cfg: AisleConfig, rd: RunDir, overwrite: bool) -> None:
     """An empty run folder holding the resolved config (an existing one only with ``overwrite``)."""
     if rd.root.exists() and any(rd.root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"run folder {rd.root} exists; continue it with `aisle train --resume {rd.root}` "
-                                  f"or start over with --overwrite")
+            raise FileExistsError(
+                f"run folder {rd.root} exists; continue it with `aisle train --resume {rd.root}` "
+                f"or start over with --overwrite"
+            )
         shutil.rmtree(rd.root)
     rd.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rd.config)
 
 
-def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-           folds: list[int] | None = None, frame: pd.DataFrame | None = None, base_dir: str | Path = ".") -> dict:
+def run_cv(
+    cfg: AisleConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    folds: list[int] | None = None,
+    frame: pd.DataFrame | None = None,
+    base_dir: str | Path = ".",
+) -> dict:
     """Train every stage over the chosen folds and write the run folder.
 
     Args:
@@ -102,14 +118,20 @@ def run_cv(cfg: AisleConfig, run_dir: str | Path | None = None, resume: bool = F
         write_json(rd.stage_summary(stage.name), summaries[stage.name])
     if not lead:
         return {}
-    summary = {**summaries[rd.final_stage(cfg)], "run_dir": str(rd.root), "model_type": cfg.model.type,
-               "fusion": cfg.model.fusion_kind, "stages": summaries}
+    summary = {
+        **summaries[rd.final_stage(cfg)],
+        "run_dir": str(rd.root),
+        "model_type": cfg.model.type,
+        "fusion": cfg.model.fusion_kind,
+        "stages": summaries,
+    }
     write_json(rd.summary, summary)
     return summary
 
 
-def _start_run_dir(cfg: AisleConfig, rd: RunDir, overwrite: bool, frame: pd.DataFrame | None,
-                   base_dir: str | Path) -> AisleConfig:
+def _start_run_dir(
+    cfg: AisleConfig, rd: RunDir, overwrite: bool, frame: pd.DataFrame | None, base_dir: str | Path
+) -> AisleConfig:
     """A fresh run folder with the resolved config; a DataFrame is saved in it (the run's own data)."""
     if frame is not None:
         cfg = cfg.model_copy(deep=True)
@@ -127,8 +149,15 @@ def _start_run_dir(cfg: AisleConfig, rd: RunDir, overwrite: bool, frame: pd.Data
 def _write_data_files(rd: RunDir, td: TrainingData) -> None:
     td.label_map.save(rd.label_map)
     sch = td.products.schema
-    write_json(rd.schema, {"id_col": sch.id_col, "label_col": sch.label_col, "text_cols": list(sch.text_cols),
-                           "image_col": sch.image_col})
+    write_json(
+        rd.schema,
+        {
+            "id_col": sch.id_col,
+            "label_col": sch.label_col,
+            "text_cols": list(sch.text_cols),
+            "image_col": sch.image_col,
+        },
+    )
     pd.DataFrame({"id": td.products.ids, "fold": td.folds}).to_csv(rd.folds, index=False)
 
 

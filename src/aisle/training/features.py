@@ -16,8 +16,14 @@ __all__ = ["frozen_features"]
 ImageFeatures = tuple[list[np.ndarray], np.ndarray]  # one (N, D) array per cached view, has-image mask (N,)
 
 
-def frozen_features(model: ProductClassifier, frozen: tuple[str, ...], as_template: set[str], products: Products,
-                    cfg: AisleConfig, shared: dict[str, Any]) -> tuple[ImageFeatures | None, np.ndarray | None]:
+def frozen_features(
+    model: ProductClassifier,
+    frozen: tuple[str, ...],
+    as_template: set[str],
+    products: Products,
+    cfg: AisleConfig,
+    shared: dict[str, Any],
+) -> tuple[ImageFeatures | None, np.ndarray | None]:
     """Features of the frozen towers for every row, from the feature cache (computed once, reused by every fold,
     stage and later run).
 
@@ -34,8 +40,13 @@ def frozen_features(model: ProductClassifier, frozen: tuple[str, ...], as_templa
     from aisle.cache.encode import tower_features
 
     rt = cfg.runtime
-    kw = {"batch_size": rt.batch_size_infer, "num_workers": rt.num_workers, "multi_image": cfg.data.multi_image,
-          "max_images": cfg.data.max_images, "max_pixels": cfg.data.max_image_pixels}
+    kw = {
+        "batch_size": rt.batch_size_infer,
+        "num_workers": rt.num_workers,
+        "multi_image": cfg.data.multi_image,
+        "max_images": cfg.data.max_images,
+        "max_pixels": cfg.data.max_image_pixels,
+    }
 
     def memo(name: str, compute: Callable[[], Any]) -> Any:
         if name not in as_template:
@@ -45,11 +56,15 @@ def frozen_features(model: ProductClassifier, frozen: tuple[str, ...], as_templa
         return shared[name]
 
     def image_views() -> ImageFeatures:
-        views = [tower_features(model.image_encoder, products, rt.cache_dir, view=v, **kw)
-                 for v in cfg.train.cache_views]
+        views = [
+            tower_features(model.image_encoder, products, rt.cache_dir, view=v, **kw) for v in cfg.train.cache_views
+        ]
         return [f for f, _ in views], views[0][1]
 
     image = memo("image_encoder", image_views) if "image_encoder" in frozen else None
-    text = (memo("text_encoder", lambda: tower_features(model.text_encoder, products, rt.cache_dir, **kw)[0])
-            if "text_encoder" in frozen else None)
+    text = (
+        memo("text_encoder", lambda: tower_features(model.text_encoder, products, rt.cache_dir, **kw)[0])
+        if "text_encoder" in frozen
+        else None
+    )
     return image, text

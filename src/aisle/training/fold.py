@@ -98,8 +98,10 @@ def resolve_precision(precision: str) -> str:
 
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def stage_lrs(cfg: AisleConfig, stage: StageConfig) -> LearningRates:
@@ -156,39 +158,71 @@ def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
     pre = Precomputed(image, text, ctx.precomputed.decoded, ctx.precomputed.tokens)
     opts = LoaderOptions.create(cfg.data, cfg.train.batch_size, cfg.runtime.num_workers, cfg.train.seed)
     inputs = loader_inputs(fm.model)
-    train = build_loader(td.products.subset(tr), td.y[tr], opts, train=True, sample_weights=sample_w,
-                         precomputed=pre.subset(tr), **inputs)
-    val = build_loader(td.products.subset(va), td.y[va], opts, train=False, precomputed=pre.subset(va, views=1),
-                       **inputs)
+    train = build_loader(
+        td.products.subset(tr),
+        td.y[tr],
+        opts,
+        train=True,
+        sample_weights=sample_w,
+        precomputed=pre.subset(tr),
+        **inputs,
+    )
+    val = build_loader(
+        td.products.subset(va), td.y[va], opts, train=False, precomputed=pre.subset(va, views=1), **inputs
+    )
     return FoldLoaders(train, val, tr, va)
 
 
 def _trainer(cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], fd: FoldDir, batches: int) -> L.Trainer:
     return L.Trainer(
-        max_epochs=epochs, accelerator=cfg.runtime.accelerator, devices=cfg.runtime.devices,
-        strategy=cfg.train.strategy, num_nodes=cfg.train.num_nodes, precision=resolve_precision(cfg.train.precision),
-        accumulate_grad_batches=cfg.train.accumulate_grad_batches, gradient_clip_val=cfg.train.gradient_clip_val,
-        callbacks=callbacks, logger=[L.pytorch.loggers.TensorBoardLogger(str(fd.logs), name="tb", version="")],
-        enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, batches)), deterministic=False,
+        max_epochs=epochs,
+        accelerator=cfg.runtime.accelerator,
+        devices=cfg.runtime.devices,
+        strategy=cfg.train.strategy,
+        num_nodes=cfg.train.num_nodes,
+        precision=resolve_precision(cfg.train.precision),
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        callbacks=callbacks,
+        logger=[L.pytorch.loggers.TensorBoardLogger(str(fd.logs), name="tb", version="")],
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, batches)),
+        deterministic=False,
         enable_progress_bar=os.environ.get("AISLE_PROGRESS", "1") == "1",
     )
 
 
-def _callbacks(ctx: RunContext, fm: FoldModel, fold: int, fd: FoldDir, loaders: FoldLoaders,
-               last: dict | None) -> list[L.Callback]:
+def _callbacks(
+    ctx: RunContext, fm: FoldModel, fold: int, fd: FoldDir, loaders: FoldLoaders, last: dict | None
+) -> list[L.Callback]:
     tcfg = ctx.cfg.train
     seed = tcfg.seed + 1000 * fold
-    callbacks: list[L.Callback] = [EpochCheckpoint(fd, tcfg.early_stopping_metric, int(last["epoch"]) if last else 0,
-                                                   last["best_score"] if last else None, seed=seed,
-                                                   generator=loaders.train.generator, exclude=fm.exclude)]
+    callbacks: list[L.Callback] = [
+        EpochCheckpoint(
+            fd,
+            tcfg.early_stopping_metric,
+            int(last["epoch"]) if last else 0,
+            last["best_score"] if last else None,
+            seed=seed,
+            generator=loaders.train.generator,
+            exclude=fm.exclude,
+        )
+    ]
     if tcfg.early_stopping_patience:
         mode = "min" if tcfg.early_stopping_metric == "val_loss" else "max"
-        es = L.pytorch.callbacks.EarlyStopping(tcfg.early_stopping_metric, patience=tcfg.early_stopping_patience,
-                                               mode=mode)
+        es = L.pytorch.callbacks.EarlyStopping(
+            tcfg.early_stopping_metric, patience=tcfg.early_stopping_patience, mode=mode
+        )
         if last and last.get("early_stopping"):
-            es.load_state_dict({**es.state_dict(), **last["early_stopping"],
-                                "best_score": torch.tensor(last["early_stopping"]["best_score"])})
+            es.load_state_dict(
+                {
+                    **es.state_dict(),
+                    **last["early_stopping"],
+                    "best_score": torch.tensor(last["early_stopping"]["best_score"]),
+                }
+            )
         callbacks.append(es)
     if last:
         callbacks.append(ResumeState(fd, last))
@@ -208,23 +242,24 @@ def _resume_point(fd: FoldDir, model: ProductClassifier, stage: str, fold: int) 
     return last
 
 
-def train_fold(ctx: RunContext, stage: StageConfig, fold: int, fm: FoldModel, loaders: FoldLoaders,
-               fd: FoldDir) -> float | None:
+def train_fold(
+    ctx: RunContext, stage: StageConfig, fold: int, fm: FoldModel, loaders: FoldLoaders, fd: FoldDir
+) -> float | None:
     """Fit the fold's remaining epochs; return the fold's training seconds (None on non-zero DDP ranks)."""
     cfg = ctx.cfg
     epochs = stage.epochs or cfg.train.epochs
     y_tr = ctx.td.y[loaders.train_idx]
     weights = class_weights(y_tr, len(ctx.td.label_map), cfg.train.class_weights, cfg.train.class_weight_smoothing)
-    criterion = LOSSES.create("ce", weight=weights, label_smoothing=cfg.train.label_smoothing,
-                              aux_weight=cfg.model.aux_loss_weight)
+    criterion = LOSSES.create(
+        "ce", weight=weights, label_smoothing=cfg.train.label_smoothing, aux_weight=cfg.model.aux_loss_weight
+    )
     last = _resume_point(fd, fm.model, stage.name, fold)
     offset = int(last["epoch"]) if last else 0
     steps = math.ceil(len(loaders.train) / cfg.train.accumulate_grad_batches) * epochs
     module = ClassifierModule(fm.model, criterion, cfg.train, stage_lrs(cfg, stage), steps, fm.frozen)
     t0 = time.perf_counter()
     if epochs > offset:
-        trainer = _trainer(cfg, epochs - offset, _callbacks(ctx, fm, fold, fd, loaders, last), fd,
-                           len(loaders.train))
+        trainer = _trainer(cfg, epochs - offset, _callbacks(ctx, fm, fold, fd, loaders, last), fd, len(loaders.train))
         seed_epoch(cfg.train.seed + 1000 * fold, offset, loaders.train.generator)
         trainer.fit(module, loaders.train, loaders.val)
         if not trainer.is_global_zero:
@@ -234,8 +269,9 @@ def train_fold(ctx: RunContext, stage: StageConfig, fold: int, fm: FoldModel, lo
     return seconds
 
 
-def score_fold(ctx: RunContext, fold: int, fm: FoldModel, loaders: FoldLoaders, fd: FoldDir,
-               seconds: float) -> FoldResult:
+def score_fold(
+    ctx: RunContext, fold: int, fm: FoldModel, loaders: FoldLoaders, fd: FoldDir, seconds: float
+) -> FoldResult:
     """The best epoch's out-of-fold probabilities and metrics; the fold is marked done."""
     best = read_json(fd.best_info)
     model = load_weights(fm.model, fd.best)
@@ -244,8 +280,9 @@ def score_fold(ctx: RunContext, fold: int, fm: FoldModel, loaders: FoldLoaders, 
     model.cpu()
     metrics = classification_metrics(ctx.td.y[loaders.val_idx], probs)
     _write_oof(fd, ctx.td, loaders.val_idx, fold, probs)
-    write_json(fd.done, {"metrics": metrics, "best_epoch": best["epoch"], "seconds": seconds,
-                         "params": param_counts(model)})
+    write_json(
+        fd.done, {"metrics": metrics, "best_epoch": best["epoch"], "seconds": seconds, "params": param_counts(model)}
+    )
     for path in fd.resume_files():
         path.unlink(missing_ok=True)  # the fold is finished: its resume state is no longer needed
     return FoldResult(fold, metrics, int(best["epoch"]), seconds)

@@ -16,9 +16,12 @@ __all__ = ["LOSSES", "class_weights"]
 LOSSES: Registry = Registry("loss")
 
 
-def class_weights(y: np.ndarray, num_classes: int,
-                  scheme: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"], smoothing: float = 0.0
-                  ) -> np.ndarray | None:
+def class_weights(
+    y: np.ndarray,
+    num_classes: int,
+    scheme: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"],
+    smoothing: float = 0.0,
+) -> np.ndarray | None:
     """Per-class weights, normalised to mean 1 over the classes present.
 
     ``inverse_freq``: 1/n_c; ``inverse_sqrt``: 1/sqrt(n_c); ``balanced``: N / (C * n_c) (scikit-learn's).
@@ -28,8 +31,11 @@ def class_weights(y: np.ndarray, num_classes: int,
         return None
     counts = np.bincount(y[y >= 0], minlength=num_classes).astype(np.float64)
     safe = np.maximum(counts, 1.0)
-    w = {"inverse_freq": 1.0 / safe, "inverse_sqrt": 1.0 / np.sqrt(safe),
-         "balanced": counts.sum() / (num_classes * safe)}[scheme]
+    w = {
+        "inverse_freq": 1.0 / safe,
+        "inverse_sqrt": 1.0 / np.sqrt(safe),
+        "balanced": counts.sum() / (num_classes * safe),
+    }[scheme]
     w = w / w[counts > 0].mean()
     return (1.0 - smoothing) * w + smoothing
 

@@ -26,8 +26,15 @@ class ClassifierModule(L.LightningModule):
         frozen: towers that stay frozen: kept in eval mode (BatchNorm statistics and dropout off).
     """
 
-    def __init__(self, model: ProductClassifier, criterion: torch.nn.Module, tcfg: TrainConfig,
-                 lrs: LearningRates, total_steps: int, frozen: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        model: ProductClassifier,
+        criterion: torch.nn.Module,
+        tcfg: TrainConfig,
+        lrs: LearningRates,
+        total_steps: int,
+        frozen: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.model, self.criterion, self.tcfg, self.lrs = model, criterion, tcfg, lrs
         self.total_steps, self.frozen = max(1, total_steps), frozen

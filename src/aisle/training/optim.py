@@ -12,8 +12,12 @@ from aisle.config import LearningRates
 
 __all__ = ["build_optimizer", "build_schedule", "param_groups"]
 
-MODULE_GROUPS = {"image_encoder": "image_encoder", "text_encoder": "text_encoder", "head": "head",
-                 "missing_image": "other"}
+MODULE_GROUPS = {
+    "image_encoder": "image_encoder",
+    "text_encoder": "text_encoder",
+    "head": "head",
+    "missing_image": "other",
+}
 
 
 def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> list[dict]:
@@ -32,8 +36,14 @@ def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> l
     groups = []
     for (group, decay), params in sorted(buckets.items()):
         lr = getattr(lrs, group) or lrs.default
-        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay if decay else 0.0,
-                       "name": f"{group}{'' if decay else '_no_decay'}"})
+        groups.append(
+            {
+                "params": params,
+                "lr": lr,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{group}{'' if decay else '_no_decay'}",
+            }
+        )
     return groups
 
 
@@ -44,10 +54,14 @@ def build_optimizer(model: nn.Module, lrs: LearningRates, weight_decay: float) -
     return torch.optim.AdamW(groups)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float,
-                   kind: Literal["linear", "cosine", "constant"]) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_ratio: float,
+    kind: Literal["linear", "cosine", "constant"],
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over ``warmup_ratio`` of the steps, then linear/cosine decay to 0 or constant."""
-    warmup = int(round(total_steps * warmup_ratio))
+    warmup = round(total_steps * warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
