@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-slow lint format clean
 
 venv: $(STAMP)
 
@@ -24,8 +24,21 @@ demo: $(STAMP)
 	$(VENV)/bin/aisle evaluate runs/demo-fusion/predictions/probabilities.csv --labels $(DEMO_DIR)/test_labels.csv
 	$(VENV)/bin/aisle report runs/demo-fusion
 
+# the fast suite (slow end-to-end checks are opt-in: make test-slow; CI runs both)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs

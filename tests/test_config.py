@@ -248,8 +248,11 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     assert again.train.stages[1].init_from == "s1"
 
 
-def test_config_files_present() -> None:
-    assert len(CONFIG_FILES) >= 5, f"expected at least 5 example configs in {REPO_ROOT / 'configs'}"
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_example_config_names_registered_towers(path: Path) -> None:
+    from aisle.models.factory import check_tower_names
+
+    check_tower_names(load_config(path).model)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
@@ -257,3 +260,100 @@ def test_every_example_config_loads(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, AisleConfig)
     assert load_config(save_config(cfg, tmp_path / "resolved.yaml")) == cfg
+
+
+# ---------------------------------------------------------------- every key acts, in the section it belongs to
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "valid"),
+    [
+        (["model.image.pooler=cls"], "model.image.pooler", "name, pretrained, train_last_n_blocks, trainable"),
+        (["model.image.max_length=16"], "model.image.max_length", "name, pretrained"),
+        (["model.text.name=ngram:word1-2", "model.text.pooler=cls"], "model.text.pooler", "embed_dim, max_length"),
+        (["model.text.name=ngram:word1-2", "model.text.pretrained=true"], "model.text.pretrained", "embed_dim"),
+        (["model.text.name=hf:bert-base-uncased", "model.text.embed_dim=64"], "model.text.embed_dim", "pooler"),
+        (["model.type=dual", "model.dual.pooler=cls"], "model.dual.pooler", "max_length"),
+    ],
+)
+def test_a_key_of_another_tower_kind_is_rejected(overrides: list[str], key: str, valid: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert f"unknown key '{key}'" in str(e.value)
+    assert f"valid keys here: {valid}" in str(e.value) or all(v in str(e.value) for v in valid.split(", "))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["model.type=image", "model.fusion=gated"], "model.fusion='gated' applies to two-tower models"),
+        (["model.type=text", "model.fusion=concat"], "remove model.fusion"),
+        (["model.type=image", "model.text.name=hf:x"], "model.text is set but a model of type 'image'"),
+        (["model.type=fusion", "model.dual.name=open_clip:x"], "model.dual is set"),
+    ],
+)
+def test_settings_the_model_type_does_not_use_are_errors(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(overrides=overrides)
+
+
+def test_two_tower_models_default_to_concat_and_single_towers_have_no_fusion() -> None:
+    assert load_config().model.fusion == "concat"
+    assert load_config(overrides=["model.type=dual"]).model.fusion == "concat"
+    assert load_config(overrides=["model.type=image"]).model.fusion is None
+    assert load_config(overrides=["model.type=text"]).model.tower_names() == {"text": None}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("train.num_workers=0", "runtime.num_workers"),
+        ("train.cache_dir=x", "runtime.cache_dir"),
+        ("train.feature_cache=false", "runtime.feature_cache"),
+        ("train.channels_last=false", "runtime.channels_last"),
+        ("train.compile=true", "runtime.compile"),
+        ("train.accelerator=cpu", "runtime.accelerator"),
+        ("train.devices=1", "runtime.devices"),
+        ("infer.batch_size=8", "runtime.batch_size_infer"),
+    ],
+)
+def test_a_moved_key_names_its_new_place(tmp_path: Path, old: str, new: str) -> None:
+    section, rest = old.split(".")
+    key, value = rest.split("=")
+    path = write_yaml(tmp_path / "old.yaml", {section: {key: yaml.safe_load(value)}})
+    with pytest.raises(ConfigError, match=f"'{section}.{key}' is no longer a key: it is now {new}"):
+        load_config(path)
+    assert load_config(overrides=[f"{new}={value}"]).runtime is not None
+
+
+@pytest.mark.parametrize("old", ["model.contrastive=true", "data.class_descriptions=x.json"])
+def test_keys_that_did_nothing_are_gone_with_a_message(old: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{old.split('=')[0]}' is no longer a key: it did nothing"):
+        load_config(overrides=[old])
+
+
+def _fields(model: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, field name) for every field of the config tree, through unions and lists."""
+    from aisle.config import _models_in
+
+    out = []
+    for name, field in model.model_fields.items():
+        out.append((f"{prefix}{name}", name))
+        for sub in dict.fromkeys(_models_in(field.annotation)):
+            out += _fields(sub, f"{prefix}{name}.")
+    return out
+
+
+def test_every_config_field_is_read_somewhere_in_src() -> None:
+    """A key that is accepted must act: each field name is read as an attribute outside config.py."""
+    import re
+
+    src = REPO_ROOT / "src" / "aisle"
+    code = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "config.py")
+    sections = {name for _, name in _fields(AisleConfig) if name in AisleConfig.model_fields}
+    unread = sorted(
+        key
+        for key, name in _fields(AisleConfig)
+        if name not in sections and not re.search(rf"\.{name}\b|\"{name}\"", code)
+    )
+    assert unread == [], f"config keys read nowhere in src/aisle: {unread}"

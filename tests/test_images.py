@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -348,10 +347,6 @@ def test_mean_pool_batches_collate(multi_products) -> None:
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 2, 3, SIZE, SIZE)
     assert batch["image_mask"].tolist() == [[True, True], [True, False], [False, False], [True, True]]
-
-
-def test_symlink_fixture_is_a_real_symlink(broken_catalogue) -> None:
-    assert os.path.islink(broken_catalogue.images / "symlink.jpg")
 
 
 # ---------------------------------------------------------------- training transform

@@ -27,7 +27,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     cfg = {
         "name": "r",
         "output_dir": str(root / "runs"),
-        "data": {"train_csv": str(cat / "train.csv"), "folds": 2},
+        "data": {"train_csv": str(cat / "train.csv"), "test_csv": str(cat / "test.csv"), "folds": 2},
         "model": {
             "type": "fusion",
             "image": {"name": "timm:test_resnet", "pretrained": False},
@@ -42,6 +42,39 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "-c", str(root / "cfg.yaml"), "--run-dir", str(root / "run")]) == 0
     return root / "run", cat
+
+
+def test_predict_without_data_reads_the_runs_test_csv(trained, tmp_path):
+    run, cat = trained
+    assert main(["-q", "predict", str(run), "--out", str(tmp_path / "default")]) == 0
+    assert main(["-q", "predict", str(run), "--data", str(cat / "test.csv"), "--out", str(tmp_path / "given")]) == 0
+    default = pd.read_csv(tmp_path / "default" / "probabilities.csv", dtype={"id": str})
+    given = pd.read_csv(tmp_path / "given" / "probabilities.csv", dtype={"id": str})
+    assert list(default["id"]) == list(pd.read_csv(cat / "test.csv", dtype=str)["id"])
+    pd.testing.assert_frame_equal(default, given)
+
+
+def test_predict_without_data_or_test_csv_says_what_to_do(trained, tmp_path, capsys):
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["data"]["test_csv"] = None
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["predict", str(copy)]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_infer_folds_of_the_run_choose_the_fold_models(trained, tmp_path):
+    run, cat = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["infer"]["folds"] = [1]
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    pred = predict(copy, cat / "test.csv")
+    assert set(pred.fold_probs) == {1}
+    assert set(predict(copy, cat / "test.csv", folds=[0, 1]).fold_probs) == {0, 1}  # the caller's choice wins
 
 
 def test_predict_rows_in_input_order_and_fold_average(trained, tmp_path):

@@ -58,6 +58,7 @@ def test_report_html_is_self_contained(runs):
     assert page.count("data:image/png;base64,") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium here (apt-get install chromium; .ci/run does)")
 def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert main(["report", str(runs[1]), "--out", str(tmp_path / "r.html")]) == 0

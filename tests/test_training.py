@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -71,11 +72,14 @@ def test_cli_train_writes_complete_run_folder(tmp_path, catalogue):
         assert not (rd / "main" / f"fold_{k}" / "last.safetensors").exists(), "finished folds drop resume state"
     summary = json.loads((rd / "cv_summary.json").read_text())
     assert set(summary["folds"]) == {"0", "1"}
-    for key in ("acc", "top3", "macro_f1"):
-        assert 0.0 <= summary["mean"][key] <= 1.0
-    oof = pd.read_csv(rd / "main" / "oof.csv")
+    oof = pd.read_csv(rd / "main" / "oof.csv", dtype={"id": str, "label": str, "pred": str})
     train = pd.read_csv(catalogue / "train.csv", dtype=str)
     assert sorted(oof["id"]) == sorted(train["id"]), "every training row gets one out-of-fold prediction"
+    # the summary's figures are the out-of-fold predictions' own: per fold, and their mean
+    for k in (0, 1):
+        rows = oof[oof["fold"] == k]
+        assert summary["folds"][str(k)]["acc"] == pytest.approx((rows["label"] == rows["pred"]).mean())
+    assert summary["mean"]["acc"] == pytest.approx(np.mean([summary["folds"][k]["acc"] for k in ("0", "1")]))
     hist = pd.read_csv(rd / "main" / "fold_0" / "history.csv")
     assert list(hist.columns[:6]) == ["epoch", "train_loss", "val_loss", "val_acc", "val_top3", "val_macro_f1"]
     # no pickles anywhere: weights are safetensors, metadata JSON/YAML/CSV
@@ -89,6 +93,19 @@ def test_existing_run_folder_is_not_overwritten_silently(tmp_path, catalogue):
     rd = tmp_path / "run"
     assert main(["train", "-c", str(cfg), "--run-dir", str(rd), "--fold", "0"]) == 0
     assert main(["train", "-c", str(cfg), "--run-dir", str(rd), "--fold", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("model.image.name=timmm:resnet18", "model.image.name"), ("model.text.name=bert-base", "model.text.name")],
+)
+def test_a_bad_tower_name_fails_before_any_data_is_read(tmp_path, override, key, capsys):
+    cfg = _config(tmp_path, tmp_path / "no-such-folder")  # its train.csv does not exist either
+    rd = tmp_path / "run"
+    assert main(["train", "-c", str(cfg), "--set", override, "--run-dir", str(rd)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "prefix one of" in err and "train.csv" not in err
+    assert not rd.exists(), "nothing is written for a config that cannot train"
 
 
 def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
@@ -118,6 +135,7 @@ def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
     assert json.loads((rd / "cv_summary.json").read_text())["stage"] == "full"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
     cfg = _config(tmp_path, catalogue, epochs=4)
     ref = tmp_path / "ref"
@@ -154,6 +172,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
     assert hist["epoch"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_smoke(tmp_path, catalogue):
     """Lightning's DDP on CPU (gloo, loopback): the second rank re-runs the command, trains, writes nothing."""
     cfg = _config(

@@ -65,11 +65,11 @@ class DataConfig(_Section):
     image_col: str | None = None
     image_sep: str = ";"
     multi_image: Literal["first", "random", "mean_pool"] = "first"
-    max_images: int = Field(4, ge=1)
+    max_images: int = Field(default=4, ge=1)
     decoded_cache: bool = False  # decode + resize each image once into a uint8 memory map (large photos)
-    decoded_size: int | None = Field(None, ge=8)  # its side; default 1.15 x the model's image size
-    max_image_pixels: int = Field(89_478_485, ge=1)  # PIL's default decompression-bomb limit
-    folds: int = Field(5, ge=2)
+    decoded_size: int | None = Field(default=None, ge=8)  # its side; default 1.15 x the model's image size
+    max_image_pixels: int = Field(default=89_478_485, ge=1)  # PIL's default decompression-bomb limit
+    folds: int = Field(default=5, ge=2)
     fold_col: str = "fold"
     seed: int = 42
     rare_classes: Literal["error", "drop", "merge"] = "error"
@@ -82,14 +82,14 @@ class ImageTowerConfig(_Section):
     name: str | None = None
     pretrained: bool = True
     trainable: bool = True
-    train_last_n_blocks: int | None = Field(None, ge=0)
+    train_last_n_blocks: int | None = Field(default=None, ge=0)
 
 
 class TextTowerConfig(ImageTowerConfig):
     """A pretrained-style text tower: ``hf:`` (a Hugging Face model name or local folder) or ``tiny:bert``."""
 
     pooler: Literal["cls", "mean"] = "mean"  # how token states become one vector
-    max_length: int = Field(128, ge=1)  # tokens kept per text
+    max_length: int = Field(default=128, ge=1)  # tokens kept per text
 
 
 class NgramTowerConfig(_Section):
@@ -97,14 +97,14 @@ class NgramTowerConfig(_Section):
 
     name: str
     trainable: bool = True
-    max_length: int = Field(128, ge=1)  # words kept per text before n-grams are taken
-    embed_dim: int = Field(128, ge=1)  # the embedding (and tower output) size
+    max_length: int = Field(default=128, ge=1)  # words kept per text before n-grams are taken
+    embed_dim: int = Field(default=128, ge=1)  # the embedding (and tower output) size
 
 
 class DualTowerConfig(ImageTowerConfig):
     """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:`` or ``hf-siglip:``."""
 
-    max_length: int = Field(128, ge=1)  # tokens per text (capped at the model's context length)
+    max_length: int = Field(default=128, ge=1)  # tokens per text (capped at the model's context length)
 
 
 def _text_tower_kind(value: Any) -> str:
@@ -117,7 +117,7 @@ AnyTextTowerConfig = Annotated[
     Annotated[TextTowerConfig, Tag("hf")] | Annotated[NgramTowerConfig, Tag("ngram")],
     Discriminator(_text_tower_kind),
 ]
-_TEXT_TAGS = {"hf": TextTowerConfig, "ngram": NgramTowerConfig}
+_TEXT_TAGS: dict[str, type[BaseModel]] = {"hf": TextTowerConfig, "ngram": NgramTowerConfig}
 TowerConfig = ImageTowerConfig | TextTowerConfig | NgramTowerConfig | DualTowerConfig
 
 # which towers each model type has: the config section of each, and the model attribute it builds
@@ -144,13 +144,13 @@ class ModelConfig(_Section):
     text: AnyTextTowerConfig | None = None
     dual: DualTowerConfig | None = None
     fusion: Literal["concat", "sum", "gated", "late"] | None = None  # two-tower models only (they default to concat)
-    fusion_dim: int = Field(256, ge=1)
-    head_hidden: int = Field(512, ge=0)  # 0: linear head
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    fusion_dim: int = Field(default=256, ge=1)
+    head_hidden: int = Field(default=512, ge=0)  # 0: linear head
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    modality_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     missing_image_embedding: bool = True
-    aux_loss_weight: float = Field(0.0, ge=0.0)  # per-tower auxiliary loss for ``late`` fusion
-    image_size: int | None = Field(None, ge=8)  # None: the tower's own preprocessing
+    aux_loss_weight: float = Field(default=0.0, ge=0.0)  # per-tower auxiliary loss for ``late`` fusion
+    image_size: int | None = Field(default=None, ge=8)  # None: the tower's own preprocessing
 
     @model_validator(mode="after")
     def _towers_of_type(self) -> ModelConfig:
@@ -193,45 +193,49 @@ class ModelConfig(_Section):
 
 
 class LearningRates(_Section):
-    image_encoder: float | None = Field(None, gt=0)
-    text_encoder: float | None = Field(None, gt=0)
-    head: float | None = Field(None, gt=0)
-    other: float | None = Field(None, gt=0)
-    default: float = Field(1e-4, gt=0)
+    image_encoder: float | None = Field(default=None, gt=0)
+    text_encoder: float | None = Field(default=None, gt=0)
+    head: float | None = Field(default=None, gt=0)
+    other: float | None = Field(default=None, gt=0)
+    default: float = Field(default=1e-4, gt=0)
 
 
 class StageConfig(_Section):
     """One stage of multi-stage fine-tuning; unset fields fall back to the ``train`` section."""
 
     name: str
-    epochs: int | None = Field(None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
     freeze_encoders: bool = False
     lr: LearningRates | None = None
     init_from: str | None = None  # name of an earlier stage: each fold starts from its best checkpoint
 
 
+def _default_cache_views() -> list[Literal["orig", "hflip"]]:
+    return ["orig"]
+
+
 class TrainConfig(_Section):
     folds: list[int] | None = None  # None: every fold
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=32, ge=1)
     lr: LearningRates = Field(default_factory=LearningRates)
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
-    accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: float | None = Field(1.0, gt=0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    accumulate_grad_batches: int = Field(default=1, ge=1)
+    gradient_clip_val: float | None = Field(default=1.0, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     class_weights: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"] = "none"
-    class_weight_smoothing: float = Field(0.0, ge=0.0, le=1.0)
+    class_weight_smoothing: float = Field(default=0.0, ge=0.0, le=1.0)
     weighted_sampling: bool = False
     early_stopping_metric: Literal["val_loss", "val_acc", "val_top3", "val_macro_f1"] = "val_macro_f1"
-    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(default=None, ge=1)
     stages: list[StageConfig] = Field(default_factory=list)
     seed: int = 42
-    cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=lambda: ["orig"])  # frozen image towers
+    cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=_default_cache_views)  # frozen image towers
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _stages_refer_backwards(self) -> TrainConfig:
@@ -261,8 +265,8 @@ class RuntimeConfig(_Section):
 
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = "auto"
-    num_workers: int = Field(2, ge=0)  # DataLoader workers that decode images / tokenize
-    batch_size_infer: int = Field(64, ge=1)  # rows per batch when predicting and encoding frozen towers
+    num_workers: int = Field(default=2, ge=0)  # DataLoader workers that decode images / tokenize
+    batch_size_infer: int = Field(default=64, ge=1)  # rows per batch when predicting and encoding frozen towers
     feature_cache: bool = True  # frozen towers: encode once into the cache, train/predict from cached features
     cache_dir: str = ".aisle_cache"
     channels_last: bool = True  # channels-last memory format for CNN image towers (faster convolutions, GPU and CPU)
@@ -392,8 +396,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
+        problem = typing.cast(yaml.MarkedYAMLError, e).problem  # safe_load's errors carry the problem text
         raise ConfigError(
-            f"override {item!r}: the value is not valid YAML ({e.problem}); quote it: {key}='\"...\"'"
+            f"override {item!r}: the value is not valid YAML ({problem}); quote it: {key}='\"...\"'"
         ) from None
     return key.split("."), value
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+_M = TypeVar("_M", bound=nn.Module)
 
 __all__ = [
     "excluded_prefixes",
@@ -60,7 +62,7 @@ def save_weights(
     return p
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+def load_weights(model: _M, path: str | Path, strict: bool = True) -> _M:
     """Load safetensors weights (never unpickles).
 
     A checkpoint saved with ``exclude`` leaves those parts of ``model`` as they are: load the run's template
@@ -88,7 +90,7 @@ def excluded_prefixes(path: str | Path) -> list[str]:
     return json.loads(meta.get("excluded", "[]"))
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, template: str | Path) -> nn.Module:
+def load_checkpoint(model: _M, path: str | Path, template: str | Path) -> _M:
     """Load a fold checkpoint into a freshly built model: the template first when the checkpoint left parts out."""
     if excluded_prefixes(path):
         load_weights(model, template)

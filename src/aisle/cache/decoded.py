@@ -66,7 +66,7 @@ class DecodedImages:
         if done.exists():
             mask = np.array(json.loads(done.read_text())["mask"], dtype=bool)
             return cls(np.memmap(data, dtype=np.uint8, mode="r", shape=shape), mask, rows)
-        first_pos = {}
+        first_pos: dict[str, int] = {}
         for pos, k in enumerate(keys):
             first_pos.setdefault(k, pos)
         pixels = np.memmap(data, dtype=np.uint8, mode="w+", shape=shape)
@@ -79,7 +79,7 @@ class DecodedImages:
                 return
             w, h = image.size
             scale = size / min(w, h)
-            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+            image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
             left, top = (image.width - size) // 2, (image.height - size) // 2
             pixels[j] = np.asarray(image.crop((left, top, left + size, top + size)))
             mask[j] = True

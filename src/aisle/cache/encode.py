@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def encode_batch_size(requested: int) -> int:
-    """Batch size for a frozen-tower pass: on CPUs small batches stay in cache (EfficientNet-Lite0 at 128 px on
-    2 cores: 32 rows/batch was 1.4x faster than 128); GPUs take the requested size."""
+    """Batch size for a frozen-tower pass: on CPUs small batches stay in cache (at most 32 rows; measured in the
+    README's Performance section); GPUs take the requested size."""
     return requested if torch.cuda.is_available() else min(requested, 32)
 
 
@@ -69,7 +69,8 @@ def encode_products(
         collate_fn=Collate(None if image else tower.tokenize),
     )
     flip = TTA_POLICIES.get(view) if view != "orig" else None
-    feats, masks = [], []
+    feat_batches: list[np.ndarray] = []
+    mask_batches: list[np.ndarray] = []
     with (
         torch.inference_mode(),
         torch.autocast(
@@ -80,11 +81,11 @@ def encode_products(
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             if image and flip is not None:
                 batch["image"] = flip(batch["image"])
-            feats.append(tower(batch).float().cpu().numpy())
-            masks.append(batch["image_mask"].any(1).cpu().numpy() if image else np.ones(len(batch["id"]), bool))
+            feat_batches.append(tower(batch).float().cpu().numpy())
+            mask_batches.append(batch["image_mask"].any(1).cpu().numpy() if image else np.ones(len(batch["id"]), bool))
             if progress is not None:
                 progress(len(batch["id"]))
-    feats, masks = np.concatenate(feats), np.concatenate(masks)
+    feats, masks = np.concatenate(feat_batches), np.concatenate(mask_batches)
     if order is not None:
         inverse = np.argsort(order)
         feats, masks = feats[inverse], masks[inverse]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,7 +69,9 @@ def file_digest(path: str | None) -> str:
         return "unreadable"
 
 
-def image_item_keys(image_paths: Sequence[tuple[str, ...]], mode: str, max_images: int, workers: int = 4) -> list[str]:
+def image_item_keys(
+    image_paths: Sequence[tuple[str, ...]] | np.ndarray, mode: str, max_images: int, workers: int = 4
+) -> list[str]:
     """One key per product from the bytes of the images it uses (``first``/``random`` use the first)."""
     chosen = [tuple(p[:max_images]) if mode == "mean_pool" else tuple(p[:1]) for p in image_paths]
     flat = sorted({q for c in chosen for q in c})
@@ -77,5 +80,5 @@ def image_item_keys(image_paths: Sequence[tuple[str, ...]], mode: str, max_image
     return [_h(mode, max_images, [digests[q] for q in c]) for c in chosen]
 
 
-def text_item_keys(texts: Sequence[str]) -> list[str]:
+def text_item_keys(texts: Sequence[str] | np.ndarray) -> list[str]:
     return [hashlib.blake2b(str(t).encode(), digest_size=16).hexdigest() for t in texts]

@@ -57,9 +57,9 @@ class FeatureStore:
         folder.mkdir(parents=True, exist_ok=True)
         index = self._index(folder)
         missing_keys = sorted({k for k in keys if k not in index})
-        first_pos = {}
-        for pos, k in enumerate(keys):
-            first_pos.setdefault(k, pos)
+        first_pos: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first_pos.setdefault(k, i)
         if missing_keys:
             positions = np.array([first_pos[k] for k in missing_keys])
             feats, masks = compute(positions)

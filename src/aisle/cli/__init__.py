@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -223,9 +223,9 @@ def compare(
         t.add_column(c, justify="left" if c in ("run", "model", "fusion") else "right")
     for r in df[cols].itertuples(index=False):
         t.add_row(
-            r.run,
-            r.model,
-            r.fusion,
+            cast(str, r.run),  # str columns (pandas-stubs: any scalar)
+            cast(str, r.model),
+            cast(str, r.fusion),
             f"{r.params:,}",
             f"{r.train_seconds:.1f}",
             *(f"{getattr(r, m):.4f}" for m in METRICS),

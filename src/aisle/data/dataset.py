@@ -142,6 +142,7 @@ class ProductDataset(Dataset):
                 self._warned.add(pid)
                 log.warning("product %s: no usable image; using a placeholder", pid)
             return image
+        reason: str | None
         if path is None:
             image, reason = None, "missing"
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ class Collate:
         return batch
 
 
-def pretokenize(tokenize: Tokenize, texts: Sequence[str], pad_id: int = 0, chunk: int = 8192) -> dict[str, np.ndarray]:
+def pretokenize(
+    tokenize: Tokenize, texts: Sequence[str] | np.ndarray, pad_id: int = 0, chunk: int = 8192
+) -> dict[str, np.ndarray]:
     """Tokenize every text once (per run), padded to the longest; batches are trimmed again by ``Collate``."""
     parts = [tokenize(list(texts[i : i + chunk])) for i in range(0, len(texts), chunk)]
     width = max(p["input_ids"].shape[1] for p in parts)
@@ -126,7 +128,11 @@ def build_loader(
     sampler = None
     if train and sample_weights is not None:
         sampler = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double), len(products), replacement=True, generator=generator
+            # torch's stubs say Sequence[float]; it takes a tensor too (torch.as_tensor inside)
+            cast(Sequence[float], torch.as_tensor(sample_weights, dtype=torch.double)),
+            len(products),
+            replacement=True,
+            generator=generator,
         )
     # cached features are in memory already: worker processes would only add start-up cost
     in_memory = (pre.image_features is not None or image_tf is None) and (

@@ -60,6 +60,8 @@ def load_source(
         raise ValueError("set exactly one of data.train_csv (a products table) or data.class_folder (a class tree)")
     if cfg.class_folder:
         return read_class_folder(cfg.class_folder, cfg)
+    if cfg.train_csv is None:  # unreachable: exactly one of the two is set (checked above)
+        raise ValueError("set exactly one of data.train_csv (a products table) or data.class_folder (a class tree)")
     return load_products(cfg.train_csv, cfg, require_label=require_label)
 
 
@@ -83,6 +85,7 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
         )
         dropped.update({str(i): "no_label" for i in ids})
     own_folds = products.frame is not None and cfg.fold_col in products.frame.columns
+    rare: list[str]
     labels, rare = labels.where(~unlabelled, None), []
     if not own_folds:  # the table's own fold column needs no minimum class size
         labels, rare = apply_rare_class_policy(labels, cfg.folds, cfg.rare_classes, cfg.rare_class_name)

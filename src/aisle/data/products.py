@@ -162,7 +162,7 @@ def load_products(path: str | Path, cfg: DataConfig, require_label: bool = False
     p = Path(path)
     df = read_table(p)
     image_dir: Path | None = Path(cfg.image_dir) if cfg.image_dir else find_image_dir(p)
-    if cfg.image_dir and not image_dir.is_dir():
+    if cfg.image_dir and image_dir is not None and not image_dir.is_dir():
         raise FileNotFoundError(f"data.image_dir {image_dir} does not exist")
     return products_from_frame(
         df, cfg, cfg.data_root or p.parent, image_dir, source=str(p), require_label=require_label

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, m
                     ax.text(
                         j,
                         i,
-                        int(m.iat[i, j]),
+                        int(cast(int, m.iat[i, j])),  # counts (pandas-stubs: any scalar)
                         ha="center",
                         va="center",
                         fontsize=7,

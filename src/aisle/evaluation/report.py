@@ -6,6 +6,7 @@ import base64
 import html
 import io
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -110,14 +111,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     worst = wrong[np.argsort(-p_pred[wrong])][:n_errors]
     cards = []
     for i in worst:
-        pid = oof["id"].iat[i]
+        # columns read as str (pandas-stubs: any scalar)
+        pid, label, pred = (cast(str, oof[c].iat[i]) for c in ("id", "label", "pred"))
         path, text = lookup.get(pid, (None, ""))
-        true_p = probs[i, classes.index(oof["label"].iat[i])] if oof["label"].iat[i] in classes else float("nan")
+        true_p = probs[i, classes.index(label)] if label in classes else float("nan")
         cards.append(
             f'<div class="card"><img src="{_thumb_uri(path, products.roots)}" alt="{html.escape(pid)}">'
             f'<div class="muted">{html.escape(pid)}</div><div>{html.escape(text[:80])}</div>'
-            f'<div class="true">true: {html.escape(oof["label"].iat[i])} ({true_p:.2f})</div>'
-            f'<div class="pred">predicted: {html.escape(oof["pred"].iat[i])} ({p_pred[i]:.2f})</div></div>'
+            f'<div class="true">true: {html.escape(label)} ({true_p:.2f})</div>'
+            f'<div class="pred">predicted: {html.escape(pred)} ({p_pred[i]:.2f})</div></div>'
         )
     m = ev.metrics
     title = html.escape(rd.name)

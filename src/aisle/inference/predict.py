@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,7 @@ def _shared_features(
         return all(f"{attr}." in s for s in left_out)
 
     out: dict = {}
-    kw = {
+    kw: dict[str, Any] = {
         "batch_size": batch_size,
         "num_workers": cfg.runtime.num_workers,
         "multi_image": cfg.data.multi_image,
@@ -121,7 +122,8 @@ def _shared_features(
     }
     first = next(iter(models.values()))
     if first.image_encoder is not None and frozen("image_encoder"):
-        for size in scales or [None]:
+        sizes: list[int | None] = [*scales] or [None]
+        for size in sizes:
             s = size or first.image_encoder.preprocess.size
             key = tower_key(first.image_encoder, {"image_size": s})
             for view in ["orig", *tta]:
@@ -140,11 +142,11 @@ def _run(
     chunks = []
     with torch.inference_mode():
         for batch in loader:
-            acc = 0.0
+            acc: torch.Tensor | float = 0.0
             for fn in views:
                 b = dict(batch) if fn is None else {**batch, "image": fn(batch["image"])}
                 acc = acc + torch.softmax(model(b)["logits"].float(), -1)
-            chunks.append((acc / len(views)).numpy())
+            chunks.append(cast(torch.Tensor, acc / len(views)).numpy())  # views is never empty
             if progress is not None:
                 progress(len(batch["id"]))
     return np.concatenate(chunks)
@@ -182,10 +184,12 @@ def _predict_model(
         return _run(model, loader(), [None], progress)
     names = ["orig", *tta]
     per_size = []
-    for size in scales or [None]:
+    sizes: list[int | None] = [*scales] or [None]
+    for size in sizes:
         cached = [shared.get(("image", size, v)) for v in names]
-        if all(c is not None for c in cached):  # one pass per view over cached features: no pixels at all
-            per_view = [_run(model, loader(([f], has)), [None], progress) for f, has in cached]
+        hits = [c for c in cached if c is not None]
+        if len(hits) == len(cached):  # one pass per view over cached features: no pixels at all
+            per_view = [_run(model, loader(([f], has)), [None], progress) for f, has in hits]
             per_size.append(np.mean(per_view, axis=0))
         else:  # decode each image once and apply every view to the batch
             views = [None if v == "orig" else TTA_POLICIES.get(v) for v in names]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ class Tower(nn.Module):
     modality: str  # "image" or "text"
     fixed_length: bool = False  # text towers whose inputs must keep their full padded length (SigLIP, OpenCLIP)
     from_scratch: bool = False  # no pretrained weights (ngram:): trained even in stages that freeze the encoders
+    preprocess: ImagePreprocess  # image towers
+    tokenize: Callable[[Sequence[str]], dict[str, torch.Tensor]]  # text towers
+    dual_saver: Callable[[Path], dict[str, Any]]  # the image view of a dual encoder: saves both views' assets
 
     @property
     def pad_id(self) -> int:
@@ -59,8 +63,8 @@ class Tower(nn.Module):
 def normalise_pixels(images: torch.Tensor, pre: ImagePreprocess) -> torch.Tensor:
     """uint8 images ``(..., 3, H, W)`` -> ``(x / 255 - mean) / std`` as float32; float input is returned as it is.
 
-    One fused multiply-add after the conversion (``x * scale + shift``): on a CPU 5-10x faster than the
-    three-pass ``(x.float() - mean) / std`` for a batch of 32 images at 224 px.
+    One fused multiply-add after the conversion (``x * scale + shift``) instead of the three passes of
+    ``(x.float() - mean) / std``.
     """
     if images.dtype != torch.uint8:
         return images

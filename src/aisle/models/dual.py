@@ -167,7 +167,7 @@ def _hf_dual(
     cfg = model.config
     vision_proj = getattr(model, "visual_projection", None)
     text_proj = getattr(model, "text_projection", None)
-    proj_dim = getattr(cfg, "projection_dim", None)
+    proj_dim: Any = getattr(cfg, "projection_dim", None)
     image = _ImageView(
         model.vision_model,
         vision_proj,
@@ -220,6 +220,7 @@ def hf_siglip(
 class _OpenClipTextView(Tower):
     modality = "text"
     fixed_length = True  # encode_text pools at the EOT position of a fixed context
+    clip: Any  # an OpenCLIP model (without its visual tower): encode_text
 
     def __init__(self, clip: nn.Module, tokenizer: Any, output_dim: int) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
@@ -55,7 +56,7 @@ def check_tower_names(mcfg: ModelConfig) -> None:
 
 
 def create_towers(
-    mcfg: ModelConfig, texts: Sequence[str] = (), assets: str | Path | None = None
+    mcfg: ModelConfig, texts: Sequence[str] | np.ndarray = (), assets: str | Path | None = None
 ) -> tuple[Tower | None, Tower | None]:
     """The image and text towers the model type asks for.
 
@@ -68,12 +69,15 @@ def create_towers(
     settings: dict[str, Any] = json.loads((a / "towers.json").read_text()) if a is not None else {}
     image = text = None
     if mcfg.type == "dual":
-        prefix, name = parse_tower_name(_need(mcfg.dual, "dual"), DUAL_ENCODERS.list())
+        dc = mcfg.dual
+        if dc is None:  # ModelConfig's validator fills in each tower section of the model type
+            raise ValueError("model.dual is not set")
+        prefix, name = parse_tower_name(_need(dc, "dual"), DUAL_ENCODERS.list())
         dual = DUAL_ENCODERS.create(
             prefix,
             name,
-            pretrained=mcfg.dual.pretrained,
-            max_length=mcfg.dual.max_length,
+            pretrained=dc.pretrained,
+            max_length=dc.max_length,
             texts=texts,
             assets_dir=None if a is None else a / "dual",
             image_size=mcfg.image_size,
@@ -81,18 +85,23 @@ def create_towers(
         dual.image.dual_saver = dual.save_assets  # a plain attribute (not a submodule): saves both views' assets
         return dual.image, dual.text
     if mcfg.type in ("image", "fusion"):
-        prefix, name = parse_tower_name(_need(mcfg.image, "image"), IMAGE_TOWERS.list())
+        ic = mcfg.image
+        if ic is None:
+            raise ValueError("model.image is not set")
+        prefix, name = parse_tower_name(_need(ic, "image"), IMAGE_TOWERS.list())
         extra = settings.get("image", {})
         image = IMAGE_TOWERS.create(
             prefix,
             name,
-            pretrained=mcfg.image.pretrained and a is None,
+            pretrained=ic.pretrained and a is None,
             image_size=mcfg.image_size,
             architecture=extra.get("architecture"),
             pretrained_cfg=extra.get("pretrained_cfg"),
         )
     if mcfg.type in ("text", "fusion"):
         tc = mcfg.text
+        if tc is None:
+            raise ValueError("model.text is not set")
         prefix, name = parse_tower_name(_need(tc, "text"), TEXT_TOWERS.list())
         kwargs: dict[str, Any] = {"max_length": tc.max_length}
         if isinstance(tc, NgramTowerConfig):
@@ -108,7 +117,7 @@ def create_towers(
 
 
 def create_classifier(
-    mcfg: ModelConfig, num_classes: int, texts: Sequence[str] = (), assets: str | Path | None = None
+    mcfg: ModelConfig, num_classes: int, texts: Sequence[str] | np.ndarray = (), assets: str | Path | None = None
 ) -> ProductClassifier:
     """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`)."""
     image, text = create_towers(mcfg, texts, assets)
@@ -136,7 +145,10 @@ def save_model_assets(model: ProductClassifier, mcfg: ModelConfig, folder: str |
     f.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {}
     if mcfg.type == "dual":
-        settings["dual"] = model.image_encoder.dual_saver(f / "dual")
+        image = model.image_encoder
+        if image is None:
+            raise ValueError("a dual model has no image view to save the dual encoder's assets from")
+        settings["dual"] = image.dual_saver(f / "dual")
     else:
         if model.image_encoder is not None:
             settings["image"] = model.image_encoder.save_assets(f / "image")

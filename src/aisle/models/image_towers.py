@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -47,7 +47,7 @@ class TimmImageTower(Tower):
             )
         else:
             self.model = timm.create_model(name, pretrained=pretrained, num_classes=0)
-        self.output_dim = int(self.model.num_features)
+        self.output_dim = int(cast(int, self.model.num_features))
         data_cfg = resolve_data_config({}, model=self.model)
         size = image_size or int(data_cfg["input_size"][-1])
         self.preprocess = ImagePreprocess(
@@ -64,8 +64,8 @@ class TimmImageTower(Tower):
         return masked_mean(feats.view(b, k, -1), batch["image_mask"])  # (B, D)
 
     def use_channels_last(self) -> None:
-        """Channels-last weights and inputs: faster convolutions on GPUs and on CPUs (EfficientNet-Lite0 on this
-        2-core CPU: 1.5x inference, 1.4x training); the same numbers, only the memory layout changes."""
+        """Channels-last weights and inputs: faster convolutions on GPUs and on CPUs (README, Performance); the
+        same numbers, only the memory layout changes."""
         self.model.to(memory_format=torch.channels_last)
         self.channels_last = True
 
@@ -79,6 +79,6 @@ class TimmImageTower(Tower):
 
     def save_assets(self, folder: Path) -> dict[str, Any]:
         cfg = getattr(self.model, "pretrained_cfg", {}) or {}
-        arch = cfg.get("architecture") or self.model.default_cfg.get("architecture") or self.name
+        arch = cfg.get("architecture") or cast(dict[str, Any], self.model.default_cfg).get("architecture") or self.name
         keep = {k: v for k, v in cfg.items() if k in ("input_size", "mean", "std", "interpolation", "crop_pct")}
         return {"architecture": arch, "pretrained_cfg": keep, "image_size": self.preprocess.size}

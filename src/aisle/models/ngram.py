@@ -68,6 +68,7 @@ class NgramTextTower(Tower):
     """
 
     modality = "text"
+    idf: torch.Tensor  # a buffer
     from_scratch = True  # trained in every stage, also when a stage freezes the (pretrained) encoders
 
     def __init__(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import time
+from typing import cast
 
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 
 from aisle.rundir import FoldDir
 from aisle.serialization import load_optimizer_state, save_optimizer_state, save_weights, write_json
@@ -91,15 +93,15 @@ class EpochCheckpoint(L.Callback):
         value = m.get(self.monitor)
         if value is not None and self._better(value):
             self.best_score = value
-            save_weights(pl_module.model, self.fold_dir.best, exclude=self.exclude)
+            save_weights(cast(nn.Module, pl_module.model), self.fold_dir.best, exclude=self.exclude)
             write_json(
                 self.fold_dir.best_info,
                 {"epoch": epoch, "monitor": self.monitor, "score": value, "metrics": {k: v for k, v in m.items()}},
             )
-        save_weights(pl_module.model, self.fold_dir.last, exclude=self.exclude)
+        save_weights(cast(nn.Module, pl_module.model), self.fold_dir.last, exclude=self.exclude)
         save_optimizer_state(trainer.optimizers[0], self.fold_dir.last_optim)
         sched = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
-        es = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)), None)
+        es = trainer.early_stopping_callback
         write_json(
             self.fold_dir.last_info,
             {
@@ -132,4 +134,5 @@ class ResumeState(L.Callback):
         if saved and trainer.lr_scheduler_configs:
             sched = trainer.lr_scheduler_configs[0].scheduler
             # our lambdas are plain closures rebuilt identically; only the step counters are state
-            sched.load_state_dict({**saved, "lr_lambdas": [None] * len(sched.lr_lambdas)})
+            lambdas = cast(torch.optim.lr_scheduler.LambdaLR, sched).lr_lambdas  # the schedule is a LambdaLR
+            sched.load_state_dict({**saved, "lr_lambdas": [None] * len(lambdas)})

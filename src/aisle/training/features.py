@@ -40,7 +40,7 @@ def frozen_features(
     from aisle.cache.encode import tower_features
 
     rt = cfg.runtime
-    kw = {
+    kw: dict[str, Any] = {
         "batch_size": rt.batch_size_infer,
         "num_workers": rt.num_workers,
         "multi_image": cfg.data.multi_image,
@@ -56,15 +56,18 @@ def frozen_features(
         return shared[name]
 
     def image_views() -> ImageFeatures:
-        views = [
-            tower_features(model.image_encoder, products, rt.cache_dir, view=v, **kw) for v in cfg.train.cache_views
-        ]
+        tower = model.image_encoder
+        if tower is None:
+            raise ValueError("image_encoder is frozen but the model has no image tower")
+        views = [tower_features(tower, products, rt.cache_dir, view=v, **kw) for v in cfg.train.cache_views]
         return [f for f, _ in views], views[0][1]
 
+    def text_features() -> np.ndarray:
+        tower = model.text_encoder
+        if tower is None:
+            raise ValueError("text_encoder is frozen but the model has no text tower")
+        return tower_features(tower, products, rt.cache_dir, **kw)[0]
+
     image = memo("image_encoder", image_views) if "image_encoder" in frozen else None
-    text = (
-        memo("text_encoder", lambda: tower_features(model.text_encoder, products, rt.cache_dir, **kw)[0])
-        if "text_encoder" in frozen
-        else None
-    )
+    text = memo("text_encoder", text_features) if "text_encoder" in frozen else None
     return image, text

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -88,7 +88,9 @@ class FoldLoaders:
     val_idx: np.ndarray
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"],
+) -> Literal["32-true", "bf16-mixed", "16-mixed"]:
     """``auto``: bf16 mixed on GPUs that have it, fp16 mixed on other GPUs, fp32 on CPU."""
     if precision != "auto":
         return precision
@@ -153,7 +155,8 @@ def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
     tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
     sample_w = None
     if cfg.train.weighted_sampling:
-        sample_w = class_weights(td.y[tr], len(td.label_map), "inverse_freq")[td.y[tr]]
+        # "inverse_freq" always gives weights (only "none" gives None)
+        sample_w = cast(np.ndarray, class_weights(td.y[tr], len(td.label_map), "inverse_freq"))[td.y[tr]]
     image, text = frozen_features(fm.model, fm.frozen, fm.as_template, td.products, cfg, ctx.shared)
     pre = Precomputed(image, text, ctx.precomputed.decoded, ctx.precomputed.tokens)
     opts = LoaderOptions.create(cfg.data, cfg.train.batch_size, cfg.runtime.num_workers, cfg.train.seed)
@@ -309,6 +312,9 @@ def _write_oof(fd: FoldDir, td: TrainingData, idx: np.ndarray, fold: int, probs:
     df = pd.DataFrame(probs, columns=list(td.label_map.classes))
     df.insert(0, "id", td.products.ids[idx])
     df.insert(1, "fold", fold)
-    df.insert(2, "label", td.products.labels[idx])
+    labels = td.products.labels
+    if labels is None:
+        raise ValueError(f"{td.products.source}: training data without labels")
+    df.insert(2, "label", labels[idx])
     df.insert(3, "pred", [td.label_map.classes[i] for i in probs.argmax(1)])
     df.to_csv(fd.oof, index=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ def class_weights(
 class CrossEntropyCriterion(nn.Module):
     """Cross-entropy with label smoothing and class weights; plus ``aux_weight`` x the mean of per-tower losses."""
 
+    weight: torch.Tensor | None  # a buffer
+
     def __init__(self, weight: np.ndarray | None = None, label_smoothing: float = 0.0, aux_weight: float = 0.0):
         super().__init__()
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
@@ -54,8 +56,8 @@ class CrossEntropyCriterion(nn.Module):
         return F.cross_entropy(logits, y, weight=w, label_smoothing=self.label_smoothing)
 
     def forward(self, out: dict[str, object], y: torch.Tensor) -> torch.Tensor:
-        loss = self._ce(out["logits"], y)
-        aux = out.get("aux_logits") or []
+        loss = self._ce(cast(torch.Tensor, out["logits"]), y)
+        aux = cast("list[torch.Tensor] | None", out.get("aux_logits")) or []
         if self.aux_weight > 0 and aux:
             loss = loss + self.aux_weight * torch.stack([self._ce(a, y) for a in aux]).mean()
         return loss
