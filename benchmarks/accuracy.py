@@ -14,7 +14,7 @@ from sklearn.pipeline import make_union
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from aisle.cache.encode import tower_features
+from aisle.cache.encode import EncodeOptions, tower_features
 from aisle.config import DataConfig
 from aisle.data.products import load_products
 from aisle.evaluation.metrics import classification_metrics
@@ -138,8 +138,8 @@ def run_accuracy(work: Path, quick: bool) -> dict:
     feats = {}
     for name, path in (("train", csv), ("test", test_csv)):
         products = load_products(path, DataConfig(image_dir=str(DATA / "images"), text_cols=["title"]))
-        img, _ = tower_features(model.image_encoder, products, cache, image_size=size, batch_size=128)
-        txt, _ = tower_features(model.text_encoder, products, cache, batch_size=128)
+        img, _ = tower_features(model.image_encoder, products, cache, image_size=size, opts=EncodeOptions(128))
+        txt, _ = tower_features(model.text_encoder, products, cache, opts=EncodeOptions(128))
         feats[name] = np.concatenate([img, txt], axis=1).astype(np.float32)
     t0 = time.perf_counter()
     scaler = StandardScaler().fit(feats["train"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aisle.cache.encode import encode_products, tower_features
+from aisle.cache.encode import EncodeOptions, encode_products, tower_features
 from aisle.config import DataConfig
 from aisle.data.demo import write_demo_catalogue
 from aisle.data.products import load_products
@@ -60,7 +60,7 @@ def test_encoded_rows_keep_input_order_with_length_sorting(catalogue, towers):
     products = _products(catalogue)
     texts = list(products.texts)
     assert len({len(t) for t in texts}) > 3, "the check needs texts of different lengths"
-    feats, _ = encode_products(text, products, batch_size=4)
+    feats, _ = encode_products(text, products, opts=EncodeOptions(batch_size=4))
     with torch.inference_mode():
         one_by_one = np.stack([text.eval()(text.tokenize([t]))[0].numpy() for t in texts])
     np.testing.assert_allclose(feats, one_by_one, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from aisle.cache.keys import image_item_keys, text_item_keys, tower_key
 from aisle.cache.store import FeatureStore
+from aisle.config import DataConfig, RuntimeConfig
 from aisle.data.dataset import ImageReading, ProductDataset
 from aisle.data.loaders import Collate
 from aisle.data.products import Products
@@ -20,7 +22,7 @@ from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.models.base import Tower
 
-__all__ = ["encode_products", "tower_features"]
+__all__ = ["EncodeOptions", "encode_batch_size", "encode_products", "tower_features"]
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +33,62 @@ def encode_batch_size(requested: int) -> int:
     return requested if torch.cuda.is_available() else min(requested, 32)
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How a frozen-tower pass reads products (the same for every view and image size).
+
+    Attributes:
+        batch_size: requested rows per batch (see :func:`encode_batch_size`).
+        num_workers: loader worker processes.
+        multi_image: ``first`` / ``random`` (encoded as ``first``) / ``mean_pool``.
+        max_images: images per product for ``mean_pool``.
+        max_pixels: decompression-bomb limit.
+    """
+
+    batch_size: int = 64
+    num_workers: int = 0
+    multi_image: str = "first"
+    max_images: int = 4
+    max_pixels: int = 89_478_485
+
+    @classmethod
+    def create(cls, data: DataConfig, runtime: RuntimeConfig, batch_size: int | None = None) -> EncodeOptions:
+        return cls(
+            batch_size or runtime.batch_size_infer,
+            runtime.num_workers,
+            data.multi_image,
+            data.max_images,
+            data.max_image_pixels,
+        )
+
+    @property
+    def image_choice(self) -> str:
+        """Which images a product's features come from: a random pick is not repeatable, so the first."""
+        return "first" if self.multi_image == "random" else self.multi_image
+
+
+def _loader(tower: Tower, products: Products, opts: EncodeOptions, image_size: int | None) -> DataLoader:
+    image = tower.modality == "image"
+    tf = None
+    if image:
+        pre = tower.preprocess
+        tf = build_image_transform(image_size or pre.size, False, pre.mean, pre.std, normalize=False)
+    reading = ImageReading(opts.image_choice, opts.max_images, image_size or 224, opts.max_pixels)
+    ds = ProductDataset(products, image_transform=tf, reading=reading, train=False)
+    return DataLoader(
+        ds,
+        batch_size=encode_batch_size(opts.batch_size),
+        num_workers=opts.num_workers,
+        collate_fn=Collate(None if image else tower.tokenize),
+    )
+
+
 def encode_products(
     tower: Tower,
     products: Products,
     view: str = "orig",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    multi_image: str = "first",
-    max_images: int = 4,
+    opts: EncodeOptions | None = None,
     image_size: int | None = None,
-    max_pixels: int = 89_478_485,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,32 +99,12 @@ def encode_products(
     if not image:  # texts run shortest first, so each batch pads only to about its own length
         order = np.argsort([len(t) for t in products.texts], kind="stable")
         products = products.subset(order)
-    tf = (
-        build_image_transform(
-            image_size or tower.preprocess.size, False, tower.preprocess.mean, tower.preprocess.std, normalize=False
-        )
-        if image
-        else None
-    )
-    reading = ImageReading(
-        "first" if multi_image == "random" else multi_image, max_images, image_size or 224, max_pixels
-    )
-    ds = ProductDataset(products, image_transform=tf, reading=reading, train=False)
-    loader = DataLoader(
-        ds,
-        batch_size=encode_batch_size(batch_size),
-        num_workers=num_workers,
-        collate_fn=Collate(None if image else tower.tokenize),
-    )
+    loader = _loader(tower, products, opts or EncodeOptions(), image_size)
     flip = TTA_POLICIES.get(view) if view != "orig" else None
     feat_batches: list[np.ndarray] = []
     mask_batches: list[np.ndarray] = []
-    with (
-        torch.inference_mode(),
-        torch.autocast(
-            device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"
-        ),
-    ):
+    on_gpu = torch.device(device).type == "cuda"
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=on_gpu):
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             if image and flip is not None:
@@ -97,12 +125,8 @@ def tower_features(
     products: Products,
     cache_dir: str | Path,
     view: str = "orig",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    multi_image: str = "first",
-    max_images: int = 4,
+    opts: EncodeOptions | None = None,
     image_size: int | None = None,
-    max_pixels: int = 89_478_485,
     key: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of a frozen tower for every product, from the cache where present (float16 (N, D), mask (N,)).
@@ -110,20 +134,18 @@ def tower_features(
     Args:
         key: the tower's cache key if already known (it hashes the weights; pass it to skip that work).
     """
+    opts = opts or EncodeOptions()
     image = tower.modality == "image"
     size = image_size or (tower.preprocess.size if image else None)
     tkey = key or tower_key(tower, {"image_size": size} if image else None)
     t0 = time.perf_counter()
-    items = (
-        image_item_keys(products.image_paths, multi_image if multi_image != "random" else "first", max_images)
-        if image
-        else text_item_keys(products.texts)
-    )
+    if image:
+        items = image_item_keys(products.image_paths, opts.image_choice, opts.max_images)
+    else:
+        items = text_item_keys(products.texts)
 
     def compute(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return encode_products(
-            tower, products.subset(positions), view, batch_size, num_workers, multi_image, max_images, size, max_pixels
-        )
+        return encode_products(tower, products.subset(positions), view, opts, size)
 
     feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)
     log.info(

@@ -14,7 +14,6 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
         f"[bold]{report.source}[/]: {report.n_rows:,} rows · id=[cyan]{cols['id']}[/] "
         f"label=[cyan]{cols['label']}[/] text={cols['text']} image column=[cyan]{cols['image']}[/]"
     )
-
     t = Table(title=f"{len(report.sample)} sampled rows", show_lines=False)
     for name in ("id", "label", "text", "images", "image found?", "size"):
         t.add_column(name, overflow="fold")
@@ -23,7 +22,19 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
         size = f"{r.size[0]}x{r.size[1]}" if r.size else "-"
         t.add_row(r.id, str(r.label), r.text, str(r.n_images), found, size)
     console.print(t)
+    _render_classes(report, console)
+    if report.duplicate_ids:
+        console.print(f"[yellow]{len(report.duplicate_ids)} duplicate id(s): {', '.join(report.duplicate_ids[:10])}[/]")
+    console.print(
+        f"empty texts: {report.empty_texts:,} · products with at least one image file: "
+        f"{report.products_with_images:,}/{report.n_rows:,}"
+    )
+    _render_image_issues(report, console, max_issue_rows)
+    for name, path in report.files.items():
+        console.print(f"wrote {name}: {path}")
 
+
+def _render_classes(report: CheckReport, console: Console) -> None:
     if report.class_counts:
         counts = sorted(report.class_counts.items(), key=lambda kv: -kv[1])
         ct = Table(
@@ -47,33 +58,27 @@ def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25
             f"[yellow]{len(report.rare_classes)} class(es) smaller than the fold count: "
             f"{', '.join(report.rare_classes[:10])}[/] (see data.rare_classes)"
         )
-    if report.duplicate_ids:
-        console.print(f"[yellow]{len(report.duplicate_ids)} duplicate id(s): {', '.join(report.duplicate_ids[:10])}[/]")
-    console.print(
-        f"empty texts: {report.empty_texts:,} · products with at least one image file: "
-        f"{report.products_with_images:,}/{report.n_rows:,}"
-    )
 
+
+def _render_image_issues(report: CheckReport, console: Console, max_issue_rows: int) -> None:
     scope = "missing files only (--fast: images not decoded)" if report.fast else "every image decoded"
     if not report.image_issues:
         console.print(f"[green]images: no problems[/] ({scope})")
-    else:
-        counts_txt = ", ".join(f"{k}: {v}" for k, v in sorted(report.issue_counts.items()))
-        console.print(
-            f"[yellow]images: {len(report.issue_ids)} product(s) with unusable images[/] ({scope}; "
-            f"{counts_txt}); they get a placeholder in training and prediction"
-        )
-        it = Table(show_header=True)
-        it.add_column("id")
-        it.add_column("reason")
-        it.add_column("path", overflow="fold")
-        for issue in report.image_issues[:max_issue_rows]:
-            it.add_row(issue.id, issue.reason, issue.path)
-        console.print(it)
-        if len(report.image_issues) > max_issue_rows:
-            console.print(f"… {len(report.image_issues) - max_issue_rows} more in the issues CSV")
-    for name, path in report.files.items():
-        console.print(f"wrote {name}: {path}")
+        return
+    counts_txt = ", ".join(f"{k}: {v}" for k, v in sorted(report.issue_counts.items()))
+    console.print(
+        f"[yellow]images: {len(report.issue_ids)} product(s) with unusable images[/] ({scope}; "
+        f"{counts_txt}); they get a placeholder in training and prediction"
+    )
+    it = Table(show_header=True)
+    it.add_column("id")
+    it.add_column("reason")
+    it.add_column("path", overflow="fold")
+    for issue in report.image_issues[:max_issue_rows]:
+        it.add_row(issue.id, issue.reason, issue.path)
+    console.print(it)
+    if len(report.image_issues) > max_issue_rows:
+        console.print(f"… {len(report.image_issues) - max_issue_rows} more in the issues CSV")
 
 
 def render_cv(summary: dict, console: Console) -> None:

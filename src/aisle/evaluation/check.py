@@ -183,37 +183,8 @@ def run_check(
     unlabelled = int(labels.isna().sum()) if labels is not None else n
     rare = sorted(k for k, v in class_counts.items() if v < cfg.folds)
 
-    no_image = [
-        ImageIssue(str(pid), f"<no file for id {pid}>", MISSING)
-        for pid, paths in zip(products.ids, products.image_paths)
-        if not paths
-    ]
-    issues = list(products.refused) + no_image
-    if not fast:
-        if on_total is not None:
-            on_total(sum(len(p) for p in products.image_paths))
-        issues += _probe_all(products, cfg.max_image_pixels, workers, progress)
-    issues.sort(key=lambda i: (i.id, i.path))
-
-    rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(n, size=min(n_sample, n), replace=False)) if n else np.array([], dtype=int)
-    sample = []
-    for i in picks:
-        paths = products.image_paths[i]
-        probe = probe_image(paths[0], products.roots, cfg.max_image_pixels) if paths else ImageProbe(False, MISSING)
-        text = str(products.texts[i])
-        sample.append(
-            SampleRow(
-                str(products.ids[i]),
-                None if labels is None else labels.iloc[i],
-                text[:60] + ("…" if len(text) > 60 else ""),
-                len(paths),
-                probe.ok,
-                probe.size,
-                probe.reason,
-            )
-        )
-
+    issues = _image_issues(products, cfg.max_image_pixels, fast, workers, progress, on_total)
+    sample = _sample_rows(products, labels, n_sample, seed, cfg.max_image_pixels)
     schema = products.schema
     report = CheckReport(
         source=products.source,
@@ -235,16 +206,68 @@ def run_check(
         products_with_images=int(sum(1 for p in products.image_paths if p)),
     )
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report.files["contact_sheet"] = str(_contact_sheet(sample, products, out / "contact_sheet.png"))
-        if class_counts:
-            report.files["class_distribution"] = str(_class_plot(class_counts, out / "class_distribution.png"))
-        with open(out / "image_issues.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "path", "reason"])
-            w.writerows((i.id, i.path, i.reason) for i in issues)
-        report.files["image_issues"] = str(out / "image_issues.csv")
-        report.files["report"] = str(out / "check_report.json")
-        (out / "check_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        _write_files(report, products, Path(out_dir))
     return report
+
+
+def _image_issues(
+    products: Products,
+    max_pixels: int,
+    fast: bool,
+    workers: int,
+    progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> list[ImageIssue]:
+    """Refused paths, products without an image file and (unless ``fast``) every image that does not decode."""
+    no_image = [
+        ImageIssue(str(pid), f"<no file for id {pid}>", MISSING)
+        for pid, paths in zip(products.ids, products.image_paths)
+        if not paths
+    ]
+    issues = list(products.refused) + no_image
+    if not fast:
+        if on_total is not None:
+            on_total(sum(len(p) for p in products.image_paths))
+        issues += _probe_all(products, max_pixels, workers, progress)
+    return sorted(issues, key=lambda i: (i.id, i.path))
+
+
+def _sample_rows(
+    products: Products, labels: pd.Series | None, n_sample: int, seed: int, max_pixels: int
+) -> list[SampleRow]:
+    """``n_sample`` random rows, in table order, with their first image probed."""
+    n = len(products)
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(n, size=min(n_sample, n), replace=False)) if n else np.array([], dtype=int)
+    sample = []
+    for i in picks:
+        paths = products.image_paths[i]
+        probe = probe_image(paths[0], products.roots, max_pixels) if paths else ImageProbe(False, MISSING)
+        text = str(products.texts[i])
+        sample.append(
+            SampleRow(
+                str(products.ids[i]),
+                None if labels is None else labels.iloc[i],
+                text[:60] + ("…" if len(text) > 60 else ""),
+                len(paths),
+                probe.ok,
+                probe.size,
+                probe.reason,
+            )
+        )
+    return sample
+
+
+def _write_files(report: CheckReport, products: Products, out: Path) -> None:
+    """The report as JSON, the image issues as CSV, the contact sheet and the class distribution as PNGs."""
+    out.mkdir(parents=True, exist_ok=True)
+    report.files["contact_sheet"] = str(_contact_sheet(report.sample, products, out / "contact_sheet.png"))
+    if report.class_counts:
+        report.files["class_distribution"] = str(_class_plot(report.class_counts, out / "class_distribution.png"))
+    with open(out / "image_issues.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "reason"])
+        w.writerows((i.id, i.path, i.reason) for i in report.image_issues)
+    report.files["image_issues"] = str(out / "image_issues.csv")
+    report.files["report"] = str(out / "check_report.json")
+    (out / "check_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ def _shared_features(
     ("text",): feats}."""
     if not cfg.runtime.feature_cache or not rd.template.is_file():
         return {}
-    from aisle.cache.encode import tower_features
+    from aisle.cache.encode import EncodeOptions, tower_features
     from aisle.cache.keys import tower_key
 
     stage = rd.final_stage(cfg)
@@ -113,13 +113,7 @@ def _shared_features(
         return all(f"{attr}." in s for s in left_out)
 
     out: dict = {}
-    kw: dict[str, Any] = {
-        "batch_size": batch_size,
-        "num_workers": cfg.runtime.num_workers,
-        "multi_image": cfg.data.multi_image,
-        "max_images": cfg.data.max_images,
-        "max_pixels": cfg.data.max_image_pixels,
-    }
+    opts = EncodeOptions.create(cfg.data, cfg.runtime, batch_size)
     first = next(iter(models.values()))
     if first.image_encoder is not None and frozen("image_encoder"):
         sizes: list[int | None] = [*scales] or [None]
@@ -128,10 +122,10 @@ def _shared_features(
             key = tower_key(first.image_encoder, {"image_size": s})
             for view in ["orig", *tta]:
                 out[("image", size, view)] = tower_features(
-                    first.image_encoder, products, cfg.runtime.cache_dir, view=view, image_size=s, key=key, **kw
+                    first.image_encoder, products, cfg.runtime.cache_dir, view=view, opts=opts, image_size=s, key=key
                 )
     if first.text_encoder is not None and frozen("text_encoder"):
-        out[("text",)] = tower_features(first.text_encoder, products, cfg.runtime.cache_dir, **kw)[0]
+        out[("text",)] = tower_features(first.text_encoder, products, cfg.runtime.cache_dir, opts=opts)[0]
     return out
 
 
@@ -231,44 +225,14 @@ def predict(
     cfg, label_map, models = load_fold_models(rd.root, folds)
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
-    if data is None:
-        if not cfg.data.test_csv:
-            raise ValueError(
-                f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
-                f"run's config ({rd.config})"
-            )
-        data = cfg.data.test_csv
-    data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
-    if isinstance(data, pd.DataFrame):
-        root = Path(image_dir).parent if image_dir else Path(".")
-        products = products_from_frame(
-            data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source="DataFrame"
-        )
-    else:
-        products = load_products(data, data_cfg)
+    products = _read_products(rd, cfg, data, image_dir)
     if cfg.runtime.num_workers and len(products) < 256:  # worker start-up costs more than it saves
         cfg.runtime.num_workers = 0
     tta = cfg.infer.tta if tta is None else tta
     scales = cfg.infer.scales if scales is None else scales
     for name in tta:
         TTA_POLICIES.get(name)  # unknown names fail before any work
-    dups = products.duplicate_ids()
-    if dups:
-        log.warning(
-            "%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source, len(dups), dups[:10]
-        )
-    unseen: dict[str, int] = {}
-    if products.labels is not None:
-        _, counter = label_map.encode(products.labels)
-        unseen = dict(counter)
-        if unseen:
-            log.warning(
-                "%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
-                products.source,
-                len(unseen),
-                sum(unseen.values()),
-                list(unseen)[:10],
-            )
+    unseen = _check_rows(products, label_map)
     bs = batch_size or cfg.runtime.batch_size_infer
     shared = _shared_features(rd, models, products, cfg, tta, scales, bs)
     rows, tokens, order = products, None, None
@@ -288,6 +252,48 @@ def predict(
     trained_col = read_json(rd.schema).get("label_col") if rd.schema.is_file() else None
     label_col = trained_col or products.schema.label_col or "label"
     return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen)
+
+
+def _read_products(
+    rd: RunDir, cfg: AisleConfig, data: str | Path | pd.DataFrame | None, image_dir: str | Path | None
+) -> Products:
+    """The rows to predict: ``data`` (a table or a DataFrame), else the run's ``data.test_csv``."""
+    if data is None:
+        if not cfg.data.test_csv:
+            raise ValueError(
+                f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
+                f"run's config ({rd.config})"
+            )
+        data = cfg.data.test_csv
+    data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
+    if isinstance(data, pd.DataFrame):
+        root = Path(image_dir).parent if image_dir else Path(".")
+        return products_from_frame(
+            data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source="DataFrame"
+        )
+    return load_products(data, data_cfg)
+
+
+def _check_rows(products: Products, label_map: LabelMap) -> dict[str, int]:
+    """Warn about duplicate ids and labels the run never saw; return those labels with their row counts."""
+    dups = products.duplicate_ids()
+    if dups:
+        log.warning(
+            "%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source, len(dups), dups[:10]
+        )
+    if products.labels is None:
+        return {}
+    _, counter = label_map.encode(products.labels)
+    unseen = dict(counter)
+    if unseen:
+        log.warning(
+            "%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
+            products.source,
+            len(unseen),
+            sum(unseen.values()),
+            list(unseen)[:10],
+        )
+    return unseen
 
 
 def write_outputs(pred: Prediction, out_dir: str | Path) -> dict[str, Path]:

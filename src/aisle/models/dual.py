@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,11 @@ class _ImageView(Tower):
     modality = "image"
 
     def __init__(
-        self,
-        encoder: nn.Module,
-        projection: nn.Module | None,
-        output_dim: int,
-        preprocess: ImagePreprocess,
-        call: str = "hf",
+        self, encoder: nn.Module, projection: nn.Module | None, output_dim: int, preprocess: ImagePreprocess, call="hf"
     ) -> None:
         super().__init__()
-        self.encoder, self.projection, self.output_dim, self.preprocess, self.call = (
-            encoder,
-            projection,
-            output_dim,
-            preprocess,
-            call,
-        )
+        self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
+        self.preprocess, self.call = preprocess, call
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float
@@ -71,7 +61,7 @@ class _HFTextView(Tower):
         output_dim: int,
         tokenizer: Any,
         max_length: int,
-        pad_to_max: bool,
+        pad_to_max=False,
     ) -> None:
         super().__init__()
         self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
@@ -112,7 +102,28 @@ class DualEncoder(nn.Module):
         return dict(self.settings)
 
 
-def _hf_dual(
+def _tiny_hf_dual(kind: str, texts: Sequence[str], max_length: int, image_size: int | None) -> tuple[Any, Any]:
+    """``hf-clip:tiny`` / ``hf-siglip:tiny``: a 2-layer random model and a word tokenizer fitted on ``texts``."""
+    tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=1000)
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    tcfg = dict(
+        common,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(64, max_length),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    vcfg = dict(common, image_size=image_size or 32, patch_size=8)
+    config = (
+        CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
+        if kind == "clip"
+        else SiglipConfig(text_config=tcfg, vision_config=vcfg)
+    )
+    return AutoModel.from_config(config), tokenizer
+
+
+def _load_hf_dual(
     kind: str,
     name: str,
     pretrained: bool,
@@ -120,50 +131,30 @@ def _hf_dual(
     texts: Sequence[str],
     assets_dir: str | Path | None,
     image_size: int | None,
-) -> DualEncoder:
-    pad_to_max = kind == "siglip"
+) -> tuple[Any, Any, ImagePreprocess]:
+    """The model, its tokenizer and its image preprocessing: from a run's assets, the tiny preset or the hub."""
     if assets_dir is not None:
         config = AutoConfig.from_pretrained(assets_dir)
         model, tokenizer = AutoModel.from_config(config), AutoTokenizer.from_pretrained(assets_dir)
         meta = json.loads((Path(assets_dir) / "aisle_image_preprocess.json").read_text())
-        preprocess = ImagePreprocess(meta["size"], tuple(meta["mean"]), tuple(meta["std"]), meta["interpolation"])
-    elif name == TINY_PRESET:
-        tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=1000)
-        tcfg = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=max(64, max_length),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
+        return (
+            model,
+            tokenizer,
+            ImagePreprocess(meta["size"], tuple(meta["mean"]), tuple(meta["std"]), meta["interpolation"]),
         )
-        vcfg = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=image_size or 32,
-            patch_size=8,
-        )
-        config = (
-            CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
-            if kind == "clip"
-            else SiglipConfig(text_config=tcfg, vision_config=vcfg)
-        )
-        model = AutoModel.from_config(config)
-        preprocess = ImagePreprocess(image_size or 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    else:
-        model = (
-            AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
-        )
-        processor = AutoProcessor.from_pretrained(name)
-        tokenizer = processor.tokenizer
-        ip = processor.image_processor
-        size = ip.size.get("shortest_edge") or ip.size.get("height")
-        preprocess = ImagePreprocess(image_size or int(size), tuple(ip.image_mean), tuple(ip.image_std), "bicubic")
+    if name == TINY_PRESET:
+        model, tokenizer = _tiny_hf_dual(kind, texts, max_length, image_size)
+        return model, tokenizer, ImagePreprocess(image_size or 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
+    processor = AutoProcessor.from_pretrained(name)
+    ip = processor.image_processor
+    size = ip.size.get("shortest_edge") or ip.size.get("height")
+    preprocess = ImagePreprocess(image_size or int(size), tuple(ip.image_mean), tuple(ip.image_std), "bicubic")
+    return model, processor.tokenizer, preprocess
+
+
+def _hf_dual(kind: str, model: Any, tokenizer: Any, preprocess: ImagePreprocess, max_length: int) -> DualEncoder:
+    """A Hugging Face CLIP / SigLIP model as two towers (each view projected into the joint space)."""
     cfg = model.config
     vision_proj = getattr(model, "visual_projection", None)
     text_proj = getattr(model, "text_projection", None)
@@ -180,7 +171,7 @@ def _hf_dual(
         int(proj_dim if text_proj is not None else cfg.text_config.hidden_size),
         tokenizer,
         max_length,
-        pad_to_max,
+        pad_to_max=kind == "siglip",
     )
 
     def assets(folder: Path) -> None:
@@ -191,30 +182,33 @@ def _hf_dual(
     return DualEncoder(image, text, {"max_length": max_length}, assets)
 
 
-@DUAL_ENCODERS.register("hf-clip")
-def hf_clip(
-    name: str,
-    pretrained: bool = True,
-    max_length: int = 77,
-    texts: Sequence[str] = (),
-    assets_dir: str | Path | None = None,
-    image_size: int | None = None,
-) -> DualEncoder:
-    """``hf-clip:openai/clip-vit-base-patch32`` (or ``hf-clip:tiny``): Hugging Face CLIP."""
-    return _hf_dual("clip", name, pretrained, min(max_length, 77), texts, assets_dir, image_size)
+def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc: str) -> Callable[..., DualEncoder]:
+    """The registry entry of one Hugging Face dual-encoder family (``max_context`` caps ``max_length``)."""
+
+    def create(
+        name: str,
+        pretrained: bool = True,
+        max_length: int = default_length,
+        texts: Sequence[str] = (),
+        assets_dir: str | Path | None = None,
+        image_size: int | None = None,
+    ) -> DualEncoder:
+        length = min(max_length, max_context) if max_context else max_length
+        model, tokenizer, preprocess = _load_hf_dual(kind, name, pretrained, length, texts, assets_dir, image_size)
+        return _hf_dual(kind, model, tokenizer, preprocess, length)
+
+    create.__doc__ = doc
+    return create
 
 
-@DUAL_ENCODERS.register("hf-siglip")
-def hf_siglip(
-    name: str,
-    pretrained: bool = True,
-    max_length: int = 64,
-    texts: Sequence[str] = (),
-    assets_dir: str | Path | None = None,
-    image_size: int | None = None,
-) -> DualEncoder:
-    """``hf-siglip:google/siglip-so400m-patch14-384`` (or ``hf-siglip:tiny``): SigLIP / SigLIP2."""
-    return _hf_dual("siglip", name, pretrained, max_length, texts, assets_dir, image_size)
+hf_clip = DUAL_ENCODERS.register("hf-clip")(
+    _hf_dual_entry("clip", 77, 77, "``hf-clip:openai/clip-vit-base-patch32`` (or ``hf-clip:tiny``): Hugging Face CLIP.")
+)
+hf_siglip = DUAL_ENCODERS.register("hf-siglip")(
+    _hf_dual_entry(
+        "siglip", 64, None, "``hf-siglip:google/siglip-so400m-patch14-384`` (or ``hf-siglip:tiny``): SigLIP / SigLIP2."
+    )
+)
 
 
 class _OpenClipTextView(Tower):

@@ -69,9 +69,7 @@ def create_towers(
     settings: dict[str, Any] = json.loads((a / "towers.json").read_text()) if a is not None else {}
     image = text = None
     if mcfg.type == "dual":
-        dc = mcfg.dual
-        if dc is None:  # ModelConfig's validator fills in each tower section of the model type
-            raise ValueError("model.dual is not set")
+        dc = mcfg.dual_tower
         prefix, name = parse_tower_name(_need(dc, "dual"), DUAL_ENCODERS.list())
         dual = DUAL_ENCODERS.create(
             prefix,
@@ -85,9 +83,7 @@ def create_towers(
         dual.image.dual_saver = dual.save_assets  # a plain attribute (not a submodule): saves both views' assets
         return dual.image, dual.text
     if mcfg.type in ("image", "fusion"):
-        ic = mcfg.image
-        if ic is None:
-            raise ValueError("model.image is not set")
+        ic = mcfg.image_tower
         prefix, name = parse_tower_name(_need(ic, "image"), IMAGE_TOWERS.list())
         extra = settings.get("image", {})
         image = IMAGE_TOWERS.create(
@@ -99,9 +95,7 @@ def create_towers(
             pretrained_cfg=extra.get("pretrained_cfg"),
         )
     if mcfg.type in ("text", "fusion"):
-        tc = mcfg.text
-        if tc is None:
-            raise ValueError("model.text is not set")
+        tc = mcfg.text_tower
         prefix, name = parse_tower_name(_need(tc, "text"), TEXT_TOWERS.list())
         kwargs: dict[str, Any] = {"max_length": tc.max_length}
         if isinstance(tc, NgramTowerConfig):

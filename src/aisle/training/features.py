@@ -37,16 +37,10 @@ def frozen_features(
     """
     if not cfg.runtime.feature_cache:
         return None, None
-    from aisle.cache.encode import tower_features
+    from aisle.cache.encode import EncodeOptions, tower_features
 
     rt = cfg.runtime
-    kw: dict[str, Any] = {
-        "batch_size": rt.batch_size_infer,
-        "num_workers": rt.num_workers,
-        "multi_image": cfg.data.multi_image,
-        "max_images": cfg.data.max_images,
-        "max_pixels": cfg.data.max_image_pixels,
-    }
+    opts = EncodeOptions.create(cfg.data, rt)
 
     def memo(name: str, compute: Callable[[], Any]) -> Any:
         if name not in as_template:
@@ -59,14 +53,14 @@ def frozen_features(
         tower = model.image_encoder
         if tower is None:
             raise ValueError("image_encoder is frozen but the model has no image tower")
-        views = [tower_features(tower, products, rt.cache_dir, view=v, **kw) for v in cfg.train.cache_views]
+        views = [tower_features(tower, products, rt.cache_dir, view=v, opts=opts) for v in cfg.train.cache_views]
         return [f for f, _ in views], views[0][1]
 
     def text_features() -> np.ndarray:
         tower = model.text_encoder
         if tower is None:
             raise ValueError("text_encoder is frozen but the model has no text tower")
-        return tower_features(tower, products, rt.cache_dir, **kw)[0]
+        return tower_features(tower, products, rt.cache_dir, opts=opts)[0]
 
     image = memo("image_encoder", image_views) if "image_encoder" in frozen else None
     text = memo("text_encoder", text_features) if "text_encoder" in frozen else None

@@ -1,39 +1,12 @@
-"""Typed configuration: one tree (data / model / train / infer / runtime), every default in one place.
-
-Load order: defaults < YAML file < ``--set a.b=c`` overrides. Unknown keys, wrong types and bad
-choices fail at load time with :class:`ConfigError`, naming the key, the bad value and the valid choices.
-"""
+"""The config tree's schema: one typed section per concern, every default in one place."""
 
 from __future__ import annotations
 
-import json
-import typing
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-__all__ = [
-    "AisleConfig",
-    "ConfigError",
-    "DataConfig",
-    "DualTowerConfig",
-    "ImageTowerConfig",
-    "InferConfig",
-    "LearningRates",
-    "ModelConfig",
-    "NgramTowerConfig",
-    "RuntimeConfig",
-    "StageConfig",
-    "TextTowerConfig",
-    "TowerConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "load_config",
-    "save_config",
-    "validate_config",
-]
+# the public names are re-exported (with __all__) by aisle.config
 
 
 class ConfigError(ValueError):
@@ -132,6 +105,15 @@ MODEL_TOWERS: dict[str, dict[str, str]] = {
 TOWER_SECTIONS = ("image", "text", "dual")
 
 
+_T = TypeVar("_T")
+
+
+def _present(section: _T | None, name: str, model_type: str) -> _T:
+    if section is None:  # the validator fills in every tower section of the model type
+        raise ValueError(f"model.{name} does not apply to a model of type {model_type!r}")
+    return section
+
+
 class ModelConfig(_Section):
     """The model: which towers (``type``), their settings, and the head that combines them.
 
@@ -177,6 +159,23 @@ class ModelConfig(_Section):
         elif self.fusion is None:
             self.fusion = "concat"
         return self
+
+    @property
+    def image_tower(self) -> ImageTowerConfig:
+        """``model.image`` of a model type that has an image tower."""
+        return _present(self.image, "image", self.type)
+
+    @property
+    def text_tower(self) -> TextTowerConfig | NgramTowerConfig:
+        """``model.text`` of a model type that has a text tower."""
+        if self.text is None:  # the validator fills in every tower section of the model type
+            raise ValueError(f"model.text does not apply to a model of type {self.type!r}")
+        return self.text
+
+    @property
+    def dual_tower(self) -> DualTowerConfig:
+        """``model.dual`` of a dual-encoder model."""
+        return _present(self.dual, "dual", self.type)
 
     @property
     def fusion_kind(self) -> str:
@@ -312,158 +311,3 @@ class AisleConfig(_Section):
         if found:
             raise ValueError("; ".join(found))
         return raw
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The config classes an annotation can hold (through Optional, unions, Annotated and lists)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
-def _is_tag(parts: list[Any], i: int) -> bool:
-    """``parts[i]`` is the tag pydantic puts in an error location after the text section's tagged union."""
-    return i > 0 and parts[i - 1] == "text" and parts[i] in _TEXT_TAGS
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The config class of the section at ``loc`` (list positions skipped; union tags pick their class)."""
-    current: type[BaseModel] = AisleConfig
-    parts = [p for p in loc if not isinstance(p, int)]
-    for i, part in enumerate(parts):
-        if _is_tag(parts, i):
-            current = _TEXT_TAGS[part]
-            continue
-        field = current.model_fields.get(part)
-        models = _models_in(field.annotation) if field is not None else []
-        if not models:
-            return None
-        current = models[0]
-    return current
-
-
-def _literal_choices(loc: tuple[Any, ...]) -> list[Any] | None:
-    """The valid choices of a ``Literal`` field at ``loc``, if that field is a Literal."""
-    section = _section_at(loc[:-1]) if loc else None
-    field = section.model_fields.get(loc[-1]) if section is not None and isinstance(loc[-1], str) else None
-    annotation = field.annotation if field is not None else None
-    choices: list[Any] = []
-    for arg in [annotation, *typing.get_args(annotation)]:
-        if typing.get_origin(arg) is Literal:
-            choices.extend(typing.get_args(arg))
-    return choices or None
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The valid keys of the section at ``loc``."""
-    section = _section_at(loc)
-    return sorted(section.model_fields) if section is not None else []
-
-
-def _key(loc: tuple[Any, ...]) -> str:
-    """A dotted key from an error location, without union tags or validator names."""
-    parts = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
-    return ".".join(str(p) for i, p in enumerate(parts) if not _is_tag(parts, i)) or "<root>"
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = _key(loc)
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{key}'; valid keys here: {', '.join(_fields_at(loc[:-1]))}")
-            continue
-        if e["type"] == "value_error":
-            where = "" if key == "<root>" else f"key '{key}': "
-            lines.append(f"  - {where}{e['msg'].removeprefix('Value error, ')}")
-            continue
-        msg = f"  - key '{key}': got {e.get('input')!r}: {e['msg']}"
-        choices = _literal_choices(loc)
-        if choices:
-            msg += f"; valid choices: {', '.join(map(str, choices))}"
-        lines.append(msg)
-    return "\n".join(lines)
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.lr.default=1e-4)")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r} has an empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        problem = typing.cast(yaml.MarkedYAMLError, e).problem  # safe_load's errors carry the problem text
-        raise ConfigError(
-            f"override {item!r}: the value is not valid YAML ({problem}); quote it: {key}='\"...\"'"
-        ) from None
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides to a nested dict (values parsed as YAML scalars/lists)."""
-    for item in overrides:
-        parts, value = _parse_override(item)
-        node = raw
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: '{part}' holds a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AisleConfig:
-    """Build the resolved config: defaults, then the YAML file, then dotted overrides.
-
-    Args:
-        path: a YAML file, or None for defaults only.
-        overrides: ``key.path=value`` strings, applied in order.
-
-    Raises:
-        FileNotFoundError: the YAML file does not exist.
-        ConfigError: unknown keys, wrong types or bad choices (the message names each).
-    """
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist (see configs/ for examples)")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
-        raw, source = loaded, str(p)
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-        source += " + --set overrides"
-    return validate_config(raw, source)
-
-
-def validate_config(raw: dict[str, Any], source: str = "config") -> AisleConfig:
-    """Validate a nested dict into an :class:`AisleConfig`, with :class:`ConfigError` messages."""
-    try:
-        return AisleConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
-
-
-def config_to_dict(cfg: AisleConfig) -> dict[str, Any]:
-    return json.loads(cfg.model_dump_json())
-
-
-def save_config(cfg: AisleConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML (every default spelled out)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return p
