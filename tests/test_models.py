@@ -39,7 +39,7 @@ def _batch(image_size: int, k: int = 1, tokenize=None) -> dict:
 
 # Every registry entry gets a tiny offline instance here; a new entry without one fails test_all_entries_covered.
 IMAGE_CASES = {"timm": [("test_resnet", 32), ("test_vit", None)]}
-TEXT_CASES = {"hf": "config", "ngram": "word1-2,char2-4", "tiny": "bert"}
+TEXT_CASES = {"hf": "config", "ngram": "word1-2,char2-4", "tiny": "bert", "tfidf": "word1-2,char2-4"}
 DUAL_CASES = {"hf-clip": "tiny", "hf-siglip": "tiny", "open_clip": "tiny"}
 
 
@@ -96,7 +96,16 @@ def test_dual_encoder_contract(prefix):
     _check_tower(dual.text, batch)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.list())
+def test_logits_head_passes_a_tfidf_towers_logits_through():
+    text = TEXT_TOWERS.create("tfidf", "word1-2", texts=TEXTS, num_outputs=5)
+    model = ProductClassifier(None, text, num_classes=5, fusion="logits")
+    batch = _batch(8, tokenize=text.tokenize)
+    assert torch.equal(model(batch)["logits"], text(batch))
+    with pytest.raises(ValueError, match="one tower of 5 outputs"):
+        ProductClassifier(None, TEXT_TOWERS.create("tfidf", "word1-2", texts=TEXTS, num_outputs=3), 5, "logits")
+
+
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS.list() if f != "logits"])
 def test_fusion_classifier_contract_and_frozen_towers(fusion):
     image = IMAGE_TOWERS.create("timm", "test_resnet", pretrained=False, image_size=32)
     text = _text_tower("tiny")

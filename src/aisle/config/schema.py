@@ -80,6 +80,16 @@ class DualTowerConfig(ImageTowerConfig):
     max_length: int = Field(default=128, ge=1)  # tokens per text (capped at the model's context length)
 
 
+class LinearModelConfig(_Section):
+    """``model.type: linear``: TF-IDF n-grams and a linear classifier fitted per fold by scikit-learn."""
+
+    name: str = "tfidf:word1-2,char2-5"  # tfidf:<spec>: word / char_wb n-gram ranges, one vectorizer each
+    classifier: Literal["svm", "logreg"] = "svm"  # LinearSVC (softmax of its scores, temperature fitted) or LR
+    C: float = Field(default=1.0, gt=0)  # inverse regularisation strength
+    sublinear_tf: bool = True  # 1 + log(tf)
+    min_df: int = Field(default=1, ge=1)  # an n-gram counts when this many training texts hold it
+
+
 def _text_tower_kind(value: Any) -> str:
     name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
     return "ngram" if isinstance(name, str) and name.startswith("ngram:") else "hf"
@@ -91,7 +101,7 @@ AnyTextTowerConfig = Annotated[
     Discriminator(_text_tower_kind),
 ]
 _TEXT_TAGS: dict[str, type[BaseModel]] = {"hf": TextTowerConfig, "ngram": NgramTowerConfig}
-TowerConfig = ImageTowerConfig | TextTowerConfig | NgramTowerConfig | DualTowerConfig
+TowerConfig = ImageTowerConfig | TextTowerConfig | NgramTowerConfig | DualTowerConfig | LinearModelConfig
 
 # which towers each model type has: the config section of each, and the model attribute it builds
 MODEL_TOWERS: dict[str, dict[str, str]] = {
@@ -99,10 +109,12 @@ MODEL_TOWERS: dict[str, dict[str, str]] = {
     "text": {"text_encoder": "text"},
     "fusion": {"image_encoder": "image", "text_encoder": "text"},
     "dual": {"image_encoder": "dual", "text_encoder": "dual"},
+    "linear": {"text_encoder": "linear"},
 }
 # the tower-name prefixes each section takes: checked against the model registries by
 # ``aisle.models.check_tower_names`` (a test keeps the two in step)
-TOWER_SECTIONS = ("image", "text", "dual")
+TOWER_SECTIONS = ("image", "text", "dual", "linear")
+_SECTION_CLASSES: dict[str, type[_Section]] = {}  # filled in below, once the classes exist
 
 
 _T = TypeVar("_T")
@@ -121,10 +133,11 @@ class ModelConfig(_Section):
     ``dual``), and ``fusion`` only for models with two towers (fusion, dual).
     """
 
-    type: Literal["image", "text", "fusion", "dual"] = "fusion"
+    type: Literal["image", "text", "fusion", "dual", "linear"] = "fusion"
     image: ImageTowerConfig | None = None
     text: AnyTextTowerConfig | None = None
     dual: DualTowerConfig | None = None
+    linear: LinearModelConfig | None = None
     fusion: Literal["concat", "sum", "gated", "late"] | None = None  # two-tower models only (they default to concat)
     fusion_dim: int = Field(default=256, ge=1)
     head_hidden: int = Field(default=512, ge=0)  # 0: linear head
@@ -145,11 +158,7 @@ class ModelConfig(_Section):
                 )
         for section in wanted:
             if getattr(self, section) is None:
-                setattr(
-                    self,
-                    section,
-                    {"image": ImageTowerConfig, "text": TextTowerConfig, "dual": DualTowerConfig}[section](),
-                )
+                setattr(self, section, _SECTION_CLASSES[section]())
         if len(MODEL_TOWERS[self.type]) < 2:
             if self.fusion is not None:
                 raise ValueError(
@@ -178,6 +187,11 @@ class ModelConfig(_Section):
         return _present(self.dual, "dual", self.type)
 
     @property
+    def linear_model(self) -> LinearModelConfig:
+        """``model.linear`` of a linear model."""
+        return _present(self.linear, "linear", self.type)
+
+    @property
     def fusion_kind(self) -> str:
         """The fusion head in use: ``model.fusion``, or ``concat`` when unset."""
         return self.fusion or "concat"
@@ -189,6 +203,9 @@ class ModelConfig(_Section):
     def tower_names(self) -> dict[str, str | None]:
         """Config section -> tower name, for the sections this model type has."""
         return {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+
+
+_SECTION_CLASSES.update(image=ImageTowerConfig, text=TextTowerConfig, dual=DualTowerConfig, linear=LinearModelConfig)
 
 
 class LearningRates(_Section):

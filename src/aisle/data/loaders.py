@@ -19,6 +19,8 @@ from aisle.data.transforms import build_image_transform
 __all__ = ["Collate", "LoaderOptions", "Preprocess", "Tokenize", "build_loader", "pretokenize"]
 
 Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
+# what a tower's tokenize returns, each (B, T): ids, the mask, and per-token weights (tfidf: the TF-IDF values)
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_weights")
 
 
 class Preprocess(Protocol):
@@ -45,8 +47,9 @@ class Collate:
             batch.update(self.tokenize(batch["text"]))
         elif "attention_mask" in batch and not self.fixed_length:
             longest = int(batch["attention_mask"].sum(1).max())  # (B, T) -> (B, longest)
-            batch["input_ids"] = batch["input_ids"][:, :longest]
-            batch["attention_mask"] = batch["attention_mask"][:, :longest]
+            for key in TOKEN_KEYS:
+                if key in batch:
+                    batch[key] = batch[key][:, :longest]
         return batch
 
 
@@ -57,8 +60,8 @@ def pretokenize(
     parts = [tokenize(list(texts[i : i + chunk])) for i in range(0, len(texts), chunk)]
     width = max(p["input_ids"].shape[1] for p in parts)
     out = {}
-    for key in ("input_ids", "attention_mask"):
-        pad = 0 if key == "attention_mask" else pad_id
+    for key in [k for k in TOKEN_KEYS if k in parts[0]]:
+        pad = pad_id if key == "input_ids" else 0
         out[key] = np.concatenate(
             [torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=pad).numpy() for p in parts]
         )

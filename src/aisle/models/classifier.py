@@ -44,9 +44,9 @@ class ProductClassifier(nn.Module):
             raise ValueError("a classifier needs an image tower, a text tower or both")
         self.image_encoder, self.text_encoder = image, text
         dims = [t.output_dim for t in (image, text) if t is not None]
-        self.head = FUSIONS.create(
-            fusion if len(dims) > 1 else "concat", dims, num_classes, fusion_dim, head_hidden, dropout
-        )
+        # one tower: the MLP head (concat of one), unless the tower's output already is the logits
+        head = fusion if len(dims) > 1 or fusion == "logits" else "concat"
+        self.head = FUSIONS.create(head, dims, num_classes, fusion_dim, head_hidden, dropout)
         self.modality_dropout = modality_dropout
         self.missing_image = (
             nn.Parameter(torch.zeros(image.output_dim)) if image is not None and missing_image_embedding else None

@@ -17,6 +17,7 @@ from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.image_towers import IMAGE_TOWERS
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
 from aisle.models.text_towers import TEXT_TOWERS
+from aisle.models.tfidf import TfidfLinearTower  # noqa: F401  (registers tfidf:)
 
 __all__ = [
     "check_tower_names",
@@ -30,8 +31,20 @@ __all__ = [
 ]
 
 
-_EXAMPLES = {"image": "timm:resnet18", "text": "hf:bert-base-uncased", "dual": "open_clip:ViT-B-32/openai"}
-_REGISTRIES = {"image": IMAGE_TOWERS, "text": TEXT_TOWERS, "dual": DUAL_ENCODERS}
+_EXAMPLES = {
+    "image": "timm:resnet18",
+    "text": "hf:bert-base-uncased",
+    "dual": "open_clip:ViT-B-32/openai",
+    "linear": "tfidf:word1-2,char2-5",
+}
+
+
+def _prefixes(section: str) -> list[str]:
+    """The tower-name prefixes a config section takes (a linear model is a ``tfidf:`` tower)."""
+    if section == "linear":
+        return ["tfidf"]
+    registry = {"image": IMAGE_TOWERS, "text": TEXT_TOWERS, "dual": DUAL_ENCODERS}[section]
+    return [p for p in registry.list() if p != "tfidf"]  # tfidf: is fitted, not trained: model.type linear
 
 
 def _need(tc: TowerConfig, what: str) -> str:
@@ -50,7 +63,7 @@ def check_tower_names(mcfg: ModelConfig) -> None:
         if not name:
             raise ValueError(f"model.{section}.name is not set (e.g. {_EXAMPLES[section]})")
         try:
-            parse_tower_name(name, _REGISTRIES[section].list())
+            parse_tower_name(name, _prefixes(section))
         except ValueError as e:
             raise ValueError(f"model.{section}.name: {e}") from None
 
@@ -110,10 +123,28 @@ def create_towers(
     return image, text
 
 
+def _linear_tower(
+    mcfg: ModelConfig, num_classes: int, texts: Sequence[str] | np.ndarray, assets: str | Path | None
+) -> Tower:
+    lc = mcfg.linear_model
+    prefix, name = parse_tower_name(lc.name, _prefixes("linear"))
+    kwargs: dict[str, Any] = {"num_outputs": num_classes, "sublinear_tf": lc.sublinear_tf, "min_df": lc.min_df}
+    if assets is not None:
+        kwargs["assets_dir"] = Path(assets) / "text"
+    else:
+        kwargs["texts"] = texts
+    return TEXT_TOWERS.create(prefix, name, **kwargs)
+
+
 def create_classifier(
     mcfg: ModelConfig, num_classes: int, texts: Sequence[str] | np.ndarray = (), assets: str | Path | None = None
 ) -> ProductClassifier:
-    """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`)."""
+    """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`).
+
+    A linear model (``model.type: linear``) is one ``tfidf:`` tower whose output already is the class logits.
+    """
+    if mcfg.type == "linear":
+        return ProductClassifier(None, _linear_tower(mcfg, num_classes, texts, assets), num_classes, fusion="logits")
     image, text = create_towers(mcfg, texts, assets)
     return ProductClassifier(
         image,

@@ -26,6 +26,19 @@ class _Fusion(nn.Module):
         super().__init__()
 
 
+@FUSIONS.register("logits")
+class TowerLogits(_Fusion):
+    """No head: one tower whose output already is the class logits (the ``tfidf:`` linear model)."""
+
+    def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
+        super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
+        if dims != [num_classes]:
+            raise ValueError(f"the logits head takes one tower of {num_classes} outputs, got {dims}")
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return feats[0], []
+
+
 @FUSIONS.register("concat")
 class ConcatFusion(_Fusion):
     """Normalise each tower's features on its own, concatenate, then the MLP head.

@@ -20,7 +20,8 @@ from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import check_tower_names, create_classifier, has_model_assets, save_model_assets
 from aisle.rundir import RunDir
 from aisle.serialization import load_weights, save_weights, write_json
-from aisle.training.fold import FoldResult, RunContext, fit_fold, param_counts
+from aisle.training.fold import FoldResult, RunContext, finished_fold, fit_fold, param_counts
+from aisle.training.linear import fit_linear_fold, is_fitted_model
 
 __all__ = ["prepare_run_dir", "run_cv"]
 
@@ -104,11 +105,12 @@ def run_cv(
     L.seed_everything(cfg.train.seed, verbose=False)
     ctx = _context(cfg, td, rd, reuse=(resume or not lead) and has_model_assets(rd.assets))
     summaries = {}
+    fit = fit_linear_fold if is_fitted_model(ctx.template) else fit_fold
     for stage in rd.stages(cfg):
         results = []
         for k in chosen:
             log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-            results.append(fit_fold(ctx, stage, k))
+            results.append(finished_fold(rd.fold(stage.name, k), stage, k) or fit(ctx, stage, k))
             gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their persistent workers now
         if not lead:
             continue
@@ -181,5 +183,7 @@ def _precompute(cfg: AisleConfig, td: TrainingData, template: ProductClassifier)
         size = cfg.data.decoded_size or round(1.15 * template.image_encoder.preprocess.size)
         decoded = DecodedImages.build(td.products, size, cfg.runtime.cache_dir, max_pixels=cfg.data.max_image_pixels)
     text = template.text_encoder
-    tokens = pretokenize(text.tokenize, td.products.texts, text.pad_id) if text is not None else None
+    tokens = None
+    if text is not None and not getattr(text, "fitted", False):  # a fitted (linear) model reads sparse TF-IDF rows
+        tokens = pretokenize(text.tokenize, td.products.texts, text.pad_id)
     return Precomputed(decoded=decoded, tokens=tokens)

@@ -30,7 +30,16 @@ from aisle.training.features import frozen_features
 from aisle.training.losses import LOSSES, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
 
-__all__ = ["FoldResult", "RunContext", "apply_freezing", "fit_fold", "param_counts", "resolve_precision"]
+__all__ = [
+    "FoldResult",
+    "RunContext",
+    "apply_freezing",
+    "finished_fold",
+    "fit_fold",
+    "param_counts",
+    "resolve_precision",
+    "write_oof",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,7 @@ def apply_freezing(model: ProductClassifier, cfg: AisleConfig, stage: StageConfi
         if tower is None:
             continue
         # a tower with no pretrained weights (ngram:) has nothing to keep: freeze_encoders leaves it training
-        trainable = tcfg.trainable and (not stage.freeze_encoders or tower.from_scratch)
+        trainable = getattr(tcfg, "trainable", True) and (not stage.freeze_encoders or tower.from_scratch)
         last_n = getattr(tcfg, "train_last_n_blocks", None)  # ngram: has no blocks to choose from
         set_trainable(tower, trainable, last_n if trainable else None)
         if not any(p.requires_grad for p in tower.parameters()):
@@ -282,7 +291,7 @@ def score_fold(
     probs = predict_probs(model.to(device), loaders.val, device)
     model.cpu()
     metrics = classification_metrics(ctx.td.y[loaders.val_idx], probs)
-    _write_oof(fd, ctx.td, loaders.val_idx, fold, probs)
+    write_oof(fd, ctx.td, loaders.val_idx, fold, probs)
     write_json(
         fd.done, {"metrics": metrics, "best_epoch": best["epoch"], "seconds": seconds, "params": param_counts(model)}
     )
@@ -291,13 +300,18 @@ def score_fold(
     return FoldResult(fold, metrics, int(best["epoch"]), seconds)
 
 
+def finished_fold(fd: FoldDir, stage: StageConfig, fold: int) -> FoldResult | None:
+    """The result of a fold an earlier (interrupted) run finished, or None."""
+    if not fd.done.exists():
+        return None
+    d = read_json(fd.done)
+    log.info("stage %s fold %d already finished; skipping", stage.name, fold)
+    return FoldResult(fold, d["metrics"], d["best_epoch"], d["seconds"])
+
+
 def fit_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResult:
     """Train one fold of one stage, resuming from its last epoch if an earlier run was cut off."""
     fd = ctx.rd.fold(stage.name, fold)
-    if fd.done.exists():
-        d = read_json(fd.done)
-        log.info("stage %s fold %d already finished; skipping", stage.name, fold)
-        return FoldResult(fold, d["metrics"], d["best_epoch"], d["seconds"])
     fd.root.mkdir(parents=True, exist_ok=True)
     L.seed_everything(ctx.cfg.train.seed + fold, workers=True, verbose=False)
     fm = prepare_model(ctx, stage, fold)
@@ -308,7 +322,7 @@ def fit_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResult:
     return score_fold(ctx, fold, fm, loaders, fd, seconds)
 
 
-def _write_oof(fd: FoldDir, td: TrainingData, idx: np.ndarray, fold: int, probs: np.ndarray) -> None:
+def write_oof(fd: FoldDir, td: TrainingData, idx: np.ndarray, fold: int, probs: np.ndarray) -> None:
     df = pd.DataFrame(probs, columns=list(td.label_map.classes))
     df.insert(0, "id", td.products.ids[idx])
     df.insert(1, "fold", fold)
