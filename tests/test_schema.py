@@ -139,6 +139,25 @@ def test_build_texts_explicit_order_and_prefixes() -> None:
     assert build_texts(df, schema, sep=". ").tolist() == ["Brand: Acme. Shirt", "Mug"]
 
 
+def test_attribute_columns_are_rendered_as_name_value_after_the_text() -> None:
+    df = frame(id=["1", "2", "3"], title=["Shirt", "Mug", None], gender=["Men", None, "Women"], usage=["Casual"] * 3)
+    schema = infer_schema(df, DataConfig(attribute_cols=["gender", "usage"]))
+    assert schema.attribute_cols == ("gender", "usage")
+    assert build_texts(df, schema, sep=". ").tolist() == [
+        "Shirt. gender: Men. usage: Casual",
+        "Mug. usage: Casual",
+        "gender: Women. usage: Casual",
+    ]
+    with pytest.raises(ValueError, match="attribute column 'season' is not in the table"):
+        infer_schema(df, DataConfig(attribute_cols=["season"]))
+
+
+def test_attribute_columns_reach_the_products_texts(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"id": ["a"], "title": ["Tee"], "baseColour": ["Blue"], "label": ["x"]}).to_csv(path, index=False)
+    assert load_products(path, DataConfig(attribute_cols=["baseColour"])).texts.tolist() == ["Tee. baseColour: Blue"]
+
+
 def test_build_texts_strips_whitespace() -> None:
     df = frame(id=["1"], title=["  padded  "])
     assert build_texts(df, infer_schema(df, DEFAULT)).tolist() == ["padded"]

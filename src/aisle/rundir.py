@@ -4,6 +4,7 @@
 
     <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)
          /assets/  template.safetensors  cv_summary.json  predictions/  report.html
+         /ensemble.json  members/<name>/ (an ensemble fitted on its members' out-of-fold predictions)
          /<stage>/cv_summary.json  oof.csv
          /<stage>/fold_<k>/best.safetensors  best.json  last.safetensors  last.json  last_optim.safetensors
                            last_optim.json  history.csv  time.json  oof.csv  done.json  tb/
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from aisle.config import AisleConfig, StageConfig
 
-__all__ = ["DEFAULT_STAGE", "FoldDir", "RunDir"]
+__all__ = ["DEFAULT_STAGE", "ENSEMBLE_STAGE", "FoldDir", "RunDir"]
 
 DEFAULT_STAGE = "main"  # the one stage of a run whose config lists no ``train.stages``
+ENSEMBLE_STAGE = "ensemble"  # an ensemble folder's one "stage": its blended out-of-fold predictions
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,16 @@ class RunDir:
         return self.root / "cv_summary.json"
 
     @property
+    def ensemble(self) -> Path:
+        """An ensemble's members and weights (a folder with it is an ensemble, not a trained run)."""
+        return self.root / "ensemble.json"
+
+    @property
+    def members(self) -> Path:
+        """Where a portfolio (``aisle train --preset``) keeps its member runs."""
+        return self.root / "members"
+
+    @property
     def predictions(self) -> Path:
         return self.root / "predictions"
 
@@ -158,6 +170,9 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    def is_ensemble(self) -> bool:
+        return self.ensemble.is_file()
 
     def is_finished(self) -> bool:
         return self.summary.is_file()

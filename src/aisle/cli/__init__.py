@@ -178,18 +178,24 @@ def evaluate(
 
 @app.command()
 def ensemble(
-    probabilities: Annotated[list[Path], typer.Argument(help="probabilities.csv files of several runs.")],
+    inputs: Annotated[list[Path], typer.Argument(help="probabilities.csv files; with --fit: finished run folders.")],
     weight: Annotated[list[float] | None, typer.Option("--weight", help="One weight per file (repeatable).")] = None,
+    fit: Annotated[bool, typer.Option("--fit", help="Fit the weights on the runs' out-of-fold predictions.")] = False,
+    metric: Annotated[str, typer.Option(help="--fit: what the weights optimise: log_loss or macro_f1.")] = "log_loss",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ensemble"),
     label_col: Annotated[str, typer.Option(help="Label column name in submission.csv.")] = "categories",
 ) -> None:
-    """Weighted average of several runs' probabilities; writes submission.csv and probabilities.csv."""
+    """Average several runs: given weights over probability files, or (--fit) weights fitted on the runs'
+    out-of-fold predictions, saved as an ensemble that predict and report take like a run."""
+    if fit:
+        _fit_ensemble(inputs, metric, out)
+        return
     import numpy as np
 
     from aisle.inference.ensemble import ensemble_probabilities
 
     try:
-        probs = ensemble_probabilities(probabilities, weight)
+        probs = ensemble_probabilities(inputs, weight)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +204,24 @@ def ensemble(
     sub = probs[["id"]].assign(**{label_col: np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]})
     sub.to_csv(out / "submission.csv", index=False)
     console.print(
-        f"ensembled {len(probabilities)} files over {len(probs):,} rows; wrote {out}/submission.csv, "
-        f"{out}/probabilities.csv"
+        f"ensembled {len(inputs)} files over {len(probs):,} rows; wrote {out}/submission.csv, {out}/probabilities.csv"
     )
+
+
+def _fit_ensemble(runs: list[Path], metric: str, out: Path) -> None:
+    from typing import cast
+
+    from aisle.cli._render import render_ensemble
+    from aisle.training.blend import BlendMetric, fit_ensemble
+
+    if metric not in ("log_loss", "macro_f1"):
+        _fail(f"--metric {metric!r}: valid choices: log_loss, macro_f1")
+    try:
+        summary = fit_ensemble(runs, out, metric=cast(BlendMetric, metric))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    render_ensemble(summary["ensemble"], console)
+    console.print(f"wrote the ensemble to {out} (aisle predict {out} / aisle report {out})")
 
 
 @app.command()

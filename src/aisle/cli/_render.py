@@ -131,3 +131,14 @@ def render_evaluation(ev, console: Console, worst: int = 10) -> None:
             str(name), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1-score']:.3f}", str(int(r["support"]))
         )
     console.print(w)
+
+
+def render_ensemble(spec: dict, console: Console) -> None:
+    """Each member's out-of-fold scores and weight, then the blend's."""
+    t = Table(title=f"ensemble fitted on out-of-fold predictions ({spec['metric']})")
+    for name in ("member", "weight", "acc", "macro_f1"):
+        t.add_column(name, justify="left" if name == "member" else "right")
+    for m in spec["members"]:
+        t.add_row(m["name"], f"{m['weight']:.2f}", f"{m['oof']['acc']:.4f}", f"{m['oof']['macro_f1']:.4f}")
+    t.add_row("[bold]blend[/]", "", f"{spec['blend']['acc']:.4f}", f"[bold]{spec['blend']['macro_f1']:.4f}[/]")
+    console.print(t)

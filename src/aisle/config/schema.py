@@ -34,6 +34,8 @@ class DataConfig(_Section):
     label_col: str | None = None
     text_cols: list[str] | None = None
     text_prefixes: dict[str, str] = Field(default_factory=dict)
+    # structured columns (colour, gender, brand, ...) added to every text model's input as "name: value"
+    attribute_cols: list[str] | None = None
     text_sep: str = ". "
     image_col: str | None = None
     image_sep: str = ";"

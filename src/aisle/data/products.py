@@ -200,7 +200,14 @@ def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Pat
         raise ValueError(f"class folder root {r} has no <class>/<image> files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     df = pd.DataFrame(rows)
     folder_cfg = cfg.model_copy(
-        update={"id_col": "id", "label_col": "label", "text_cols": ["text"], "image_col": "image", "text_prefixes": {}}
+        update={
+            "id_col": "id",
+            "label_col": "label",
+            "text_cols": ["text"],
+            "image_col": "image",
+            "text_prefixes": {},
+            "attribute_cols": None,
+        }
     )
     products = products_from_frame(df, folder_cfg, r, source=str(r), require_label=True)
     if descriptions is not None:

@@ -26,6 +26,7 @@ class ProductSchema:
     text_cols: tuple[str, ...]
     image_col: str | None
     text_prefixes: dict[str, str] = field(default_factory=dict)
+    attribute_cols: tuple[str, ...] = ()  # structured columns rendered into the text as "name: value"
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -110,22 +111,25 @@ def infer_schema(
         raise ValueError(
             f"{source}: data.text_prefixes names {unknown_prefix}, which are not text columns {list(text_cols)}"
         )
-    return ProductSchema(id_col, label_col, text_cols, image_col, dict(cfg.text_prefixes))
+    attribute_cols = tuple(_require(df, c, "attribute", source) for c in cfg.attribute_cols or ())
+    return ProductSchema(id_col, label_col, text_cols, image_col, dict(cfg.text_prefixes), attribute_cols)
 
 
 def build_texts(df: pd.DataFrame, schema: ProductSchema, sep: str = ". ") -> np.ndarray:
-    """Join the text columns per row in column order, dropping NaN/empty parts; prefixes go before each part.
+    """Join the text columns per row in column order, then the attribute columns as ``name: value``, dropping
+    NaN/empty parts; prefixes go before each text part.
 
     Returns:
         An object array of strings, one per row ("" when every part is empty).
     """
-    if not schema.text_cols:
+    if not schema.text_cols and not schema.attribute_cols:
         return np.full(len(df), "", dtype=object)
     parts = []
-    for col in schema.text_cols:
+    prefixes = {**schema.text_prefixes, **{col: f"{col}: " for col in schema.attribute_cols}}
+    for col in [*schema.text_cols, *schema.attribute_cols]:
         s = df[col].astype("string").str.strip()
         s = s.where(s.notna() & (s != ""), None)
-        prefix = schema.text_prefixes.get(col, "")
+        prefix = prefixes.get(col, "")
         parts.append(prefix + s if prefix else s)
     frame = pd.concat(parts, axis=1)
     joined = frame.apply(lambda row: sep.join(v for v in row if isinstance(v, str)), axis=1)

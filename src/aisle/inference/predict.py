@@ -222,6 +222,8 @@ def predict(
         ValueError: no ``data`` and the run's config has no ``data.test_csv``.
     """
     rd = RunDir(run_dir)
+    if rd.is_ensemble():
+        return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache)
     cfg, label_map, models = load_fold_models(rd.root, folds)
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
@@ -252,6 +254,30 @@ def predict(
     trained_col = read_json(rd.schema).get("label_col") if rd.schema.is_file() else None
     label_col = trained_col or products.schema.label_col or "label"
     return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen)
+
+
+def _predict_ensemble(
+    rd: RunDir, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache
+) -> Prediction:
+    """The weighted average of an ensemble's members' predictions (members of weight 0 are not run)."""
+    spec = read_json(rd.ensemble)
+    preds: list[tuple[float, Prediction]] = []
+    for m in spec["members"]:
+        if m["weight"] > 0:
+            run = Path(m["run"]) if Path(m["run"]).is_absolute() else rd.root / m["run"]
+            if data is None and not run.is_dir():
+                raise FileNotFoundError(f"{rd.ensemble}: member {m['name']!r} ({run}) is gone")
+            pred = predict(run, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache)
+            preds.append((float(m["weight"]), pred))
+    first = preds[0][1]
+    for _, p in preds[1:]:
+        if p.label_map.classes != first.label_map.classes or not (p.ids == first.ids).all():
+            raise ValueError(f"{rd.root}: the members' predictions do not line up (classes or ids differ)")
+    prior = spec.get("uniform_weight", 0.0) / len(first.label_map)  # the blend's share of the uniform distribution
+    probs = np.asarray(sum(w * p.probs for w, p in preds)) + prior
+    shared = set.intersection(*(set(p.fold_probs) for _, p in preds))
+    fold_probs = {k: np.asarray(sum(w * p.fold_probs[k] for w, p in preds)) + prior for k in sorted(shared)}
+    return Prediction(first.ids, np.asarray(probs), fold_probs, first.label_map, first.label_col, first.unseen_labels)
 
 
 def _read_products(

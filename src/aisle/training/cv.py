@@ -157,6 +157,7 @@ def _write_data_files(rd: RunDir, td: TrainingData) -> None:
             "id_col": sch.id_col,
             "label_col": sch.label_col,
             "text_cols": list(sch.text_cols),
+            "attribute_cols": list(sch.attribute_cols),
             "image_col": sch.image_col,
         },
     )

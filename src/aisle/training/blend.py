@@ -1,0 +1,254 @@
+"""Ensembles fitted on out-of-fold predictions: greedy ensemble selection with replacement (Caruana et al., 2004).
+
+Every member is a finished run trained on the same rows with the same folds, so each product has one out-of-fold
+probability row per member, made by a model that never saw it. Selection starts from the best member and adds,
+round by round, the member (repeats allowed) whose addition to the running average scores best; the weights are
+the pick counts of the best-scoring round. The blend therefore scores at least as well as its best member on the
+fitted metric, and a member that never helps gets weight 0. The ensemble folder is shaped like a run folder
+(``cv_summary.json``, ``ensemble/oof.csv``, ``label_map.json``, ``config.yaml``), so ``predict`` and ``report``
+take it like a run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from aisle.data.labels import LabelMap
+from aisle.evaluation.metrics import classification_metrics
+from aisle.rundir import ENSEMBLE_STAGE, RunDir
+from aisle.serialization import read_json, write_json
+
+__all__ = ["BlendMetric", "Member", "fit_ensemble", "greedy_selection", "read_member"]
+
+BlendMetric = Literal["log_loss", "macro_f1"]
+
+
+@dataclass
+class Member:
+    """One finished run's out-of-fold probabilities, rows in ``ids`` order."""
+
+    name: str
+    rd: RunDir
+    ids: np.ndarray
+    folds: np.ndarray
+    probs: np.ndarray  # (N, C)
+
+
+def _score(probs: np.ndarray, y: np.ndarray, metric: BlendMetric) -> float:
+    """Higher is better: macro-F1, or the negative log-loss."""
+    if metric == "macro_f1":
+        return classification_metrics(y, probs)["macro_f1"]
+    return float(_row_loglik(probs, y).mean())
+
+
+def greedy_selection(
+    probs: Sequence[np.ndarray], y: np.ndarray, metric: BlendMetric = "log_loss", rounds: int = 50
+) -> tuple[np.ndarray, list[int], float]:
+    """Caruana's forward selection with replacement, each pick after the first gated by a significance test.
+
+    For ``log_loss`` the uniform distribution is one more candidate (the last weight): mixing in a little of it
+    is how a blend of over-confident members gets smoother, and it does that better than any member of random
+    probabilities could (log is concave), so such a member is never picked for its smoothing alone. It does not
+    move any row's most likely class.
+
+    Args:
+        probs: each member's (N, C) out-of-fold probabilities.
+        y: true class indices (N,).
+        metric: what the blend maximises (``log_loss`` is minimised).
+        rounds: picks to try; the best-scoring prefix is kept.
+
+    Returns:
+        (weights (M + 1,) summing to 1, the last for the uniform distribution (0 for ``macro_f1``), the picks of
+        the kept prefix, the kept blend's score).
+    """
+    n_classes = probs[0].shape[1]
+    candidates = [*probs, np.full_like(probs[0], 1.0 / n_classes)] if metric == "log_loss" else list(probs)
+    total, picks = np.zeros_like(probs[0]), list[int]()
+    best: tuple[float, int] = (-np.inf, 0)
+    for r in range(rounds):
+        current = _row_loglik(total / r, y) if r else None
+        scored = [
+            (_score(blend, y, metric), j)
+            for j, blend in ((j, (total + p) / (r + 1)) for j, p in enumerate(candidates))
+            if current is None or _significant(_row_loglik(blend, y) - current)
+        ]
+        if not scored:
+            break
+        score, j = max(scored)
+        total, picks = total + candidates[j], [*picks, j]
+        if score > best[0] + 1e-12:
+            best = (score, len(picks))
+    kept = picks[: best[1]]
+    weights = np.bincount(kept, minlength=len(probs) + 1) / len(kept)
+    return weights, kept, best[0]
+
+
+def _row_loglik(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, None))
+
+
+def _significant(gain: np.ndarray, z: float = 3.0) -> bool:
+    """A pick must raise the rows' log-likelihood by more than chance would (a paired z-test, z >= 3): what a
+    member of random probabilities gains on some rows it loses on others, and it is never picked for luck."""
+    spread = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else 0.0
+    return bool(gain.mean() > 0 and (spread == 0 or gain.mean() / spread >= z))
+
+
+def read_member(run: str | Path, name: str | None = None) -> Member:
+    """A finished run's out-of-fold probabilities (every training row, from its final stage).
+
+    Raises:
+        FileNotFoundError: not a finished run.
+        ValueError: the run has out-of-fold predictions for only some rows (it trained only some folds).
+    """
+    rd = RunDir(run).require_finished()
+    stage = read_json(rd.summary)["stage"]
+    oof = pd.read_csv(rd.stage_oof(stage), dtype={"id": str, "label": str, "pred": str}, keep_default_na=False)
+    folds = pd.read_csv(rd.folds, dtype={"id": str}, keep_default_na=False)
+    if len(oof) != len(folds):
+        raise ValueError(
+            f"{rd.root}: out-of-fold predictions for {len(oof)} of {len(folds)} rows; an ensemble "
+            f"is fitted on every row: train every fold of it"
+        )
+    classes = list(LabelMap.load(rd.label_map).classes)
+    oof = oof.set_index("id").loc[folds["id"]]
+    return Member(
+        name or rd.root.name,
+        rd,
+        folds["id"].to_numpy(),
+        folds["fold"].to_numpy(),
+        oof[classes].to_numpy(dtype=np.float64),
+    )
+
+
+def _check_same_rows(members: list[Member], label_maps: list[LabelMap]) -> None:
+    first = members[0]
+    for m, lm in zip(members[1:], label_maps[1:]):
+        if lm.classes != label_maps[0].classes:
+            raise ValueError(f"{m.rd.root}: its classes differ from {first.rd.root}'s; ensemble runs of one table")
+        if len(m.ids) != len(first.ids) or not (m.ids == first.ids).all():
+            raise ValueError(
+                f"{m.rd.root}: its training ids differ from {first.rd.root}'s; ensemble runs trained on the same table"
+            )
+        if not (m.folds == first.folds).all():
+            bad = first.ids[np.flatnonzero(m.folds != first.folds)[0]]
+            raise ValueError(
+                f"{m.rd.root}: its folds differ from {first.rd.root}'s (e.g. id {bad!r}); an "
+                f"ensemble needs the same folds (same data.folds, data.seed and fold column)"
+            )
+
+
+def fit_ensemble(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    metric: BlendMetric = "log_loss",
+    rounds: int = 50,
+    names: Sequence[str] | None = None,
+) -> dict:
+    """Fit weights on the runs' out-of-fold predictions and write the ensemble folder ``out``.
+
+    Returns:
+        The summary (also ``out/cv_summary.json``): the blend's out-of-fold metrics, each member's, the weights.
+
+    Raises:
+        ValueError: no runs, or runs whose classes, ids or folds differ.
+    """
+    if not runs:
+        raise ValueError("an ensemble needs at least one run")
+    members = [read_member(r, None if names is None else names[i]) for i, r in enumerate(runs)]
+    label_maps = [LabelMap.load(m.rd.label_map) for m in members]
+    _check_same_rows(members, label_maps)
+    first, lm = members[0], label_maps[0]
+    oof = pd.read_csv(first.rd.stage_oof(read_json(first.rd.summary)["stage"]), dtype=str, keep_default_na=False)
+    y, _ = lm.encode(oof.set_index("id").loc[first.ids, "label"])
+    weights, picks, _ = greedy_selection([m.probs for m in members], y, metric, rounds)
+    blend = sum(w * m.probs for w, m in zip(weights, members)) + weights[-1] / len(lm)
+    return _write(RunDir(out), members, weights, picks, np.asarray(blend), y, lm, metric)
+
+
+def _write(
+    ens: RunDir,
+    members: list[Member],
+    weights: np.ndarray,
+    picks: list[int],
+    blend: np.ndarray,
+    y: np.ndarray,
+    lm: LabelMap,
+    metric: BlendMetric,
+) -> dict:
+    """The ensemble folder: the first member's config, label map and folds, the blend's OOF, summary and spec."""
+    ens.root.mkdir(parents=True, exist_ok=True)
+    first = members[0]
+    for src, dst in ((first.rd.config, ens.config), (first.rd.label_map, ens.label_map), (first.rd.folds, ens.folds)):
+        if src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+    oof = pd.DataFrame(blend, columns=list(lm.classes))
+    oof.insert(0, "id", first.ids)
+    oof.insert(1, "fold", first.folds)
+    oof.insert(2, "label", lm.decode(y))
+    oof.insert(3, "pred", lm.decode(blend.argmax(1)))
+    ens.stage(ENSEMBLE_STAGE).mkdir(exist_ok=True)
+    oof.to_csv(ens.stage_oof(ENSEMBLE_STAGE), index=False)
+    names = [m.name for m in members] + ["<uniform>"]
+    spec = {
+        "metric": metric,
+        "picks": [names[i] for i in picks],
+        "uniform_weight": float(weights[-1]),
+        "members": [
+            {
+                "name": m.name,
+                "run": _relative(m.rd.root, ens.root),
+                "weight": float(w),
+                "oof": classification_metrics(y, m.probs),
+            }
+            for m, w in zip(members, weights)
+        ],
+        "blend": classification_metrics(y, blend),
+    }
+    write_json(ens.ensemble, spec)
+    stage = _stage_summary(members, blend, y)
+    summary = {
+        **stage,
+        "run_dir": str(ens.root),
+        "model_type": "ensemble",
+        "fusion": "",
+        "stages": {ENSEMBLE_STAGE: stage},
+        "ensemble": spec,
+    }
+    write_json(ens.summary, summary)
+    return summary
+
+
+def _stage_summary(members: list[Member], blend: np.ndarray, y: np.ndarray) -> dict:
+    """The blend's per-fold metrics in the shape of a training stage's summary (its cost: the members')."""
+    summaries = [read_json(m.rd.summary) for m in members]
+    folds = members[0].folds
+    per_fold = {
+        str(k): {**classification_metrics(y[folds == k], blend[folds == k]), "best_epoch": 0, "seconds": 0.0}
+        for k in sorted(set(folds.tolist()))
+    }
+    keys = [k for k in next(iter(per_fold.values())) if k not in ("best_epoch", "seconds")]
+    return {
+        "stage": ENSEMBLE_STAGE,
+        "folds": per_fold,
+        "mean": {k: statistics.fmean(f[k] for f in per_fold.values()) for k in keys},
+        "std": {k: statistics.pstdev([f[k] for f in per_fold.values()]) for k in keys},
+        "train_seconds": round(sum(s["train_seconds"] for s in summaries), 2),
+        "params": {"total": sum(s["params"]["total"] for s in summaries), "trainable": 0},
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A member's path as the ensemble file keeps it: relative when it lies inside the ensemble folder."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())

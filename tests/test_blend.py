@@ -1,0 +1,142 @@
+"""Ensembles fitted on out-of-fold predictions: weights, guarantees, refusals, and the ensemble as a model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aisle.cli import main
+from aisle.config import validate_config
+from aisle.data.demo import write_demo_catalogue
+from aisle.evaluation.report import write_report
+from aisle.inference import predict
+from aisle.training import run_cv
+from aisle.training.blend import fit_ensemble, greedy_selection, read_member
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("blend")
+    write_demo_catalogue(root / "cat", n_train=150, n_test=30, seed=6, image_size=32)
+    out = {}
+    for name, linear in (("svm", {"classifier": "svm"}), ("lr", {"classifier": "logreg", "C": 0.3})):
+        raw = {
+            "data": {
+                "train_csv": str(root / "cat" / "train.csv"),
+                "test_csv": str(root / "cat" / "test.csv"),
+                "folds": 3,
+            },
+            "model": {"type": "linear", "linear": linear},
+            "runtime": {"num_workers": 0},
+        }
+        run_cv(validate_config(raw), root / name)
+        out[name] = root / name
+    noise = root / "noise"
+    shutil.copytree(out["svm"], noise)
+    oof = pd.read_csv(noise / "main" / "oof.csv", dtype={"id": str})
+    classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
+    oof[classes] = np.random.default_rng(0).dirichlet(np.ones(len(classes)), len(oof))
+    oof.to_csv(noise / "main" / "oof.csv", index=False)
+    out["noise"] = noise
+    return root, out
+
+
+def _y(member) -> np.ndarray:
+    from aisle.data.labels import LabelMap
+
+    oof = pd.read_csv(member.rd.root / "main" / "oof.csv", dtype=str).set_index("id").loc[member.ids]
+    return LabelMap.load(member.rd.label_map).encode(oof["label"])[0]
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "macro_f1"])
+def test_noise_gets_weight_zero_and_the_blend_beats_its_best_member(runs, tmp_path, metric):
+    _, r = runs
+    summary = fit_ensemble([r["svm"], r["lr"], r["noise"]], tmp_path / "ens", metric=metric)
+    weights = {m["name"]: m["weight"] for m in summary["ensemble"]["members"]}
+    uniform = summary["ensemble"]["uniform_weight"]
+    if metric == "log_loss":
+        assert weights["noise"] == 0.0
+    assert sum(weights.values()) + uniform == pytest.approx(1.0)
+    members = [read_member(r[n]) for n in ("svm", "lr", "noise")]
+    y = _y(members[0])
+    _, _, score = greedy_selection([m.probs for m in members], y, metric)
+    blend = sum(weights[m.name] * m.probs for m in members) + uniform / members[0].probs.shape[1]
+    if metric == "macro_f1":
+        best = max(m["oof"]["macro_f1"] for m in summary["ensemble"]["members"])
+        assert summary["ensemble"]["blend"]["macro_f1"] >= best
+    else:
+        best = max(np.log(m.probs[np.arange(len(y)), y]).mean() for m in members)
+        assert np.log(blend[np.arange(len(y)), y]).mean() >= best - 1e-12
+        assert score == pytest.approx(np.log(blend[np.arange(len(y)), y]).mean())
+
+
+def test_greedy_selection_picks_the_best_member_first_and_keeps_the_best_prefix():
+    y = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    bad = good[:, ::-1]
+    weights, picks, _ = greedy_selection([bad, good], y, "macro_f1", rounds=5)
+    assert picks[0] == 1 and weights.tolist() == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "macro_f1"])
+def test_a_member_of_random_probabilities_gets_no_weight_beside_decent_members(metric):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 400)
+
+    def decent(hit_rate: float) -> np.ndarray:
+        guess = np.where(rng.random(400) < hit_rate, y, rng.integers(0, 5, 400))
+        return 0.6 * np.eye(5)[guess] + 0.4 * rng.dirichlet(np.ones(5), 400)
+
+    noise = rng.dirichlet(np.ones(5), 400)
+    weights, _, _ = greedy_selection([decent(0.8), decent(0.75), noise], y, metric)
+    assert weights[2] == 0.0 and weights[:2].sum() > 0
+
+
+def test_runs_with_other_folds_or_ids_are_refused(runs, tmp_path):
+    _, r = runs
+    moved = tmp_path / "moved"
+    shutil.copytree(r["lr"], moved)
+    folds = pd.read_csv(moved / "folds.csv", dtype={"id": str})
+    folds.loc[0, "fold"] = (folds.loc[0, "fold"] + 1) % 3
+    folds.to_csv(moved / "folds.csv", index=False)
+    with pytest.raises(ValueError, match="folds differ.*same folds"):
+        fit_ensemble([r["svm"], moved], tmp_path / "e1")
+    other = tmp_path / "other"
+    shutil.copytree(r["lr"], other)
+    gone = pd.read_csv(other / "folds.csv", dtype={"id": str})["id"].iloc[0]
+    for name in ("folds.csv", "main/oof.csv"):
+        df = pd.read_csv(other / name, dtype={"id": str})
+        df.loc[df["id"] == gone, "id"] = "someone-else"
+        df.to_csv(other / name, index=False)
+    with pytest.raises(ValueError, match="training ids differ"):
+        fit_ensemble([r["svm"], other], tmp_path / "e2")
+
+
+def test_a_run_with_some_folds_only_is_refused(runs, tmp_path):
+    _, r = runs
+    part = tmp_path / "part"
+    shutil.copytree(r["lr"], part)
+    oof = pd.read_csv(part / "main" / "oof.csv", dtype={"id": str})
+    oof[oof["fold"] != 2].to_csv(part / "main" / "oof.csv", index=False)
+    with pytest.raises(ValueError, match="train every fold"):
+        fit_ensemble([r["svm"], part], tmp_path / "e")
+
+
+def test_the_ensemble_predicts_and_reports_like_a_run(runs, tmp_path, capsys):
+    root, r = runs
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--fit", str(r["svm"]), str(r["lr"]), "--out", str(ens), "--metric", "macro_f1"]) == 0
+    assert "blend" in capsys.readouterr().out
+    summary = pd.read_json(ens / "ensemble.json", typ="series")
+    weights = {m["name"]: m["weight"] for m in summary["members"]}
+    got = predict(ens, root / "cat" / "test.csv")
+    parts = {n: predict(r[n], root / "cat" / "test.csv").probs for n in ("svm", "lr")}
+    assert np.allclose(got.probs, sum(weights[n] * parts[n] for n in parts), atol=1e-6)
+    assert np.allclose(got.probs.sum(1), 1.0)
+    assert main(["-q", "predict", str(ens)]) == 0  # the members' data.test_csv
+    assert (ens / "predictions" / "submission.csv").is_file()
+    assert write_report(ens).is_file()
