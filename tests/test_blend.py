@@ -12,6 +12,7 @@ import pytest
 from aisle.cli import main
 from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
+from aisle.evaluation.calibration import rescale_probs
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
@@ -61,15 +62,17 @@ def test_noise_gets_weight_zero_and_the_blend_beats_its_best_member(runs, tmp_pa
     if metric == "log_loss":
         assert weights["noise"] == 0.0
     assert sum(weights.values()) + uniform == pytest.approx(1.0)
+    scales = {m["name"]: m["scale"] for m in summary["ensemble"]["members"]}
     members = [read_member(r[n]) for n in ("svm", "lr", "noise")]
     y = _y(members[0])
-    _, _, score = greedy_selection([m.probs for m in members], y, metric)
-    blend = sum(weights[m.name] * m.probs for m in members) + uniform / members[0].probs.shape[1]
+    calibrated = {m.name: rescale_probs(m.probs, scales[m.name]) for m in members}
+    _, _, score = greedy_selection(list(calibrated.values()), y, metric)
+    blend = sum(weights[n] * p for n, p in calibrated.items()) + uniform / members[0].probs.shape[1]
     if metric == "macro_f1":
         best = max(m["oof"]["macro_f1"] for m in summary["ensemble"]["members"])
         assert summary["ensemble"]["blend"]["macro_f1"] >= best
     else:
-        best = max(np.log(m.probs[np.arange(len(y)), y]).mean() for m in members)
+        best = max(np.log(p[np.arange(len(y)), y]).mean() for p in calibrated.values())
         assert np.log(blend[np.arange(len(y)), y]).mean() >= best - 1e-12
         assert score == pytest.approx(np.log(blend[np.arange(len(y)), y]).mean())
 
@@ -133,8 +136,9 @@ def test_the_ensemble_predicts_and_reports_like_a_run(runs, tmp_path, capsys):
     assert "blend" in capsys.readouterr().out
     summary = pd.read_json(ens / "ensemble.json", typ="series")
     weights = {m["name"]: m["weight"] for m in summary["members"]}
+    scales = {m["name"]: m["scale"] for m in summary["members"]}
     got = predict(ens, root / "cat" / "test.csv")
-    parts = {n: predict(r[n], root / "cat" / "test.csv").probs for n in ("svm", "lr")}
+    parts = {n: rescale_probs(predict(r[n], root / "cat" / "test.csv").probs, scales[n]) for n in ("svm", "lr")}
     assert np.allclose(got.probs, sum(weights[n] * parts[n] for n in parts), atol=1e-6)
     assert np.allclose(got.probs.sum(1), 1.0)
     assert main(["-q", "predict", str(ens)]) == 0  # the members' data.test_csv

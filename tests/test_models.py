@@ -213,3 +213,18 @@ def test_uint8_pixels_are_normalised_by_the_tower(kind):
         a = tower({"image": raw[:, None], "image_mask": mask})
         b = tower({"image": ref[:, None], "image_mask": mask})
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("prefix", ["hf-clip", "hf-siglip"])
+def test_dual_text_view_masks_padding_so_a_text_reads_the_same_in_any_batch(prefix):
+    text = DUAL_ENCODERS.create(prefix, "tiny", texts=TEXTS).text.eval()
+    short, long = "red shirt", "a long blue silk scarf with many many words in it"
+    alone, batch = text.tokenize([short]), text.tokenize([short, long])
+    assert batch["attention_mask"][0].sum() < batch["input_ids"].shape[1], "the short row is padded"
+    assert text.fixed_length == (prefix == "hf-siglip"), "SigLIP pools its last position: always max length"
+    garbled = {k: v.clone() for k, v in batch.items()}
+    pads = (garbled["attention_mask"][0] == 0).nonzero().flatten()[:-1]  # masked positions, but the pooled last one
+    garbled["input_ids"][0, pads] = 5
+    with torch.no_grad():
+        assert torch.allclose(text(alone)[0], text(batch)[0], atol=1e-5)
+        assert torch.allclose(text(batch)[0], text(garbled)[0], atol=1e-5), "padding is masked out"

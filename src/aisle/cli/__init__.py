@@ -99,12 +99,27 @@ def train(
     fold: Annotated[list[int] | None, typer.Option("--fold", help="Train only this fold (repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the interrupted run in this folder.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="Train a portfolio (cpu or gpu) on the config's data and blend it.")
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="--preset: pretrained towers from this folder instead of the hubs.")
+    ] = None,
 ) -> None:
     """Train with K-fold cross-validation (every stage, chosen folds) and write the run folder."""
-    from aisle.cli._render import render_cv
+    from aisle.cli._render import render_cv, render_ensemble
     from aisle.training import run_cv
 
     try:
+        if preset is not None:
+            from aisle.training.portfolio import run_portfolio
+
+            if resume is not None or fold:
+                _fail("--preset trains every fold of every member; run the same command again to go on")
+            cfg = load_config(config, list(set_ or []))
+            summary = run_portfolio(cfg, preset, run_dir, models_dir, overwrite)
+            render_ensemble(summary["ensemble"], console)
+            return
         if resume is not None:
             summary = run_cv(load_config(), run_dir=resume, resume=True, folds=fold)
         else:

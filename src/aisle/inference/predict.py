@@ -18,6 +18,7 @@ from aisle.data.labels import LabelMap
 from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
 from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
 from aisle.data.tta import TTA_POLICIES
+from aisle.evaluation.calibration import rescale_probs
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, loader_inputs, use_channels_last
 from aisle.rundir import RunDir
@@ -268,6 +269,9 @@ def _predict_ensemble(
             if data is None and not run.is_dir():
                 raise FileNotFoundError(f"{rd.ensemble}: member {m['name']!r} ({run}) is gone")
             pred = predict(run, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache)
+            s = float(m.get("scale", 1.0))  # the member's calibration, fitted with the weights
+            pred.probs = rescale_probs(pred.probs, s)
+            pred.fold_probs = {k: rescale_probs(p, s) for k, p in pred.fold_probs.items()}
             preds.append((float(m["weight"]), pred))
     first = preds[0][1]
     for _, p in preds[1:]:

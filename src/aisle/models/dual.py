@@ -61,15 +61,16 @@ class _HFTextView(Tower):
         output_dim: int,
         tokenizer: Any,
         max_length: int,
-        pad_to_max=False,
+        pad_to_max: bool = False,
+        use_mask: bool = True,
     ) -> None:
         super().__init__()
         self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
-        self.tokenizer, self.max_length, self.pad_to_max = tokenizer, max_length, pad_to_max
+        self.tokenizer, self.max_length, self.pad_to_max, self.use_mask = tokenizer, max_length, pad_to_max, use_mask
         self.fixed_length = pad_to_max
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # SigLIP was trained on max-length padding; CLIP on the longest in the batch.
+        # SigLIP pools the last position, so it always pads to max_length (CLIP pools its EOS token: trimmed)
         enc = self.tokenizer(
             list(texts),
             padding="max_length" if self.pad_to_max else True,
@@ -77,12 +78,13 @@ class _HFTextView(Tower):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        mask = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
-        return {"input_ids": enc["input_ids"], "attention_mask": mask}
+        ids = enc["input_ids"]
+        mask = enc["attention_mask"] if "attention_mask" in enc else (ids != (self.tokenizer.pad_token_id or 0)).long()
+        return {"input_ids": ids, "attention_mask": mask}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {"input_ids": batch["input_ids"]}
-        if not self.pad_to_max:
+        if self.use_mask:
             kwargs["attention_mask"] = batch["attention_mask"]
         feats = _pooled(self.encoder(**kwargs))
         return self.projection(feats) if self.projection is not None else feats
@@ -153,7 +155,9 @@ def _load_hf_dual(
     return model, processor.tokenizer, preprocess
 
 
-def _hf_dual(kind: str, model: Any, tokenizer: Any, preprocess: ImagePreprocess, max_length: int) -> DualEncoder:
+def _hf_dual(
+    kind: str, model: Any, tokenizer: Any, preprocess: ImagePreprocess, max_length: int, use_mask: bool
+) -> DualEncoder:
     """A Hugging Face CLIP / SigLIP model as two towers (each view projected into the joint space)."""
     cfg = model.config
     vision_proj = getattr(model, "visual_projection", None)
@@ -172,6 +176,7 @@ def _hf_dual(kind: str, model: Any, tokenizer: Any, preprocess: ImagePreprocess,
         tokenizer,
         max_length,
         pad_to_max=kind == "siglip",
+        use_mask=use_mask,
     )
 
     def assets(folder: Path) -> None:
@@ -195,7 +200,9 @@ def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc:
     ) -> DualEncoder:
         length = min(max_length, max_context) if max_context else max_length
         model, tokenizer, preprocess = _load_hf_dual(kind, name, pretrained, length, texts, assets_dir, image_size)
-        return _hf_dual(kind, model, tokenizer, preprocess, length)
+        # a pretrained SigLIP keeps its training-time input (no mask); one trained here masks its padding
+        use_mask = not (kind == "siglip" and pretrained and name != TINY_PRESET)
+        return _hf_dual(kind, model, tokenizer, preprocess, length, use_mask)
 
     create.__doc__ = doc
     return create

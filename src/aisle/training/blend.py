@@ -22,11 +22,18 @@ import numpy as np
 import pandas as pd
 
 from aisle.data.labels import LabelMap
+from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
 from aisle.evaluation.metrics import classification_metrics
 from aisle.rundir import ENSEMBLE_STAGE, RunDir
 from aisle.serialization import read_json, write_json
 
-__all__ = ["BlendMetric", "Member", "fit_ensemble", "greedy_selection", "read_member"]
+__all__ = [
+    "BlendMetric",
+    "Member",
+    "fit_ensemble",
+    "greedy_selection",
+    "read_member",
+]
 
 BlendMetric = Literal["log_loss", "macro_f1"]
 
@@ -40,6 +47,7 @@ class Member:
     ids: np.ndarray
     folds: np.ndarray
     probs: np.ndarray  # (N, C)
+    scale: float = 1.0  # its calibration (see aisle.evaluation.calibration), fitted when it joins an ensemble
 
 
 def _score(probs: np.ndarray, y: np.ndarray, metric: BlendMetric) -> float:
@@ -169,8 +177,11 @@ def fit_ensemble(
     first, lm = members[0], label_maps[0]
     oof = pd.read_csv(first.rd.stage_oof(read_json(first.rd.summary)["stage"]), dtype=str, keep_default_na=False)
     y, _ = lm.encode(oof.set_index("id").loc[first.ids, "label"])
-    weights, picks, _ = greedy_selection([m.probs for m in members], y, metric, rounds)
-    blend = sum(w * m.probs for w, m in zip(weights, members)) + weights[-1] / len(lm)
+    for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
+        m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
+    calibrated = [rescale_probs(m.probs, m.scale) for m in members]
+    weights, picks, _ = greedy_selection(calibrated, y, metric, rounds)
+    blend = sum(w * p for w, p in zip(weights, calibrated)) + weights[-1] / len(lm)
     return _write(RunDir(out), members, weights, picks, np.asarray(blend), y, lm, metric)
 
 
@@ -207,6 +218,7 @@ def _write(
                 "name": m.name,
                 "run": _relative(m.rd.root, ens.root),
                 "weight": float(w),
+                "scale": m.scale,
                 "oof": classification_metrics(y, m.probs),
             }
             for m, w in zip(members, weights)

@@ -16,8 +16,6 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -25,6 +23,7 @@ from sklearn.svm import LinearSVC
 
 from aisle.config import LinearModelConfig, StageConfig
 from aisle.data.loaders import LoaderOptions, build_loader
+from aisle.evaluation.calibration import fit_logit_scale
 from aisle.evaluation.metrics import classification_metrics
 from aisle.models.factory import loader_inputs
 from aisle.models.tfidf import TfidfLinearTower
@@ -89,12 +88,7 @@ def _temperature(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearMod
         return 1.0
     inner, held = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y))
     coef, intercept = _fit_raw(x[inner], y[inner], n_classes, cfg, seed)
-    scores = np.asarray(x[held] @ coef.T) + intercept
-
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(np.exp(log_t) * scores, axis=1)[np.arange(len(held)), y[held]].mean())
-
-    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.01), np.log(1000.0)), method="bounded").x))
+    return fit_logit_scale(np.asarray(x[held] @ coef.T) + intercept, y[held])
 
 
 def fit_linear(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int) -> LinearFit:

@@ -1,0 +1,177 @@
+"""The cpu preset against TF-IDF + LinearSVC on small catalogues cut from fashion-products.
+
+Each subset: 7-12 classes drawn at random (classes with enough products), ~N products per class, a fixed seed;
+titles only or titles + attributes (gender, baseColour, season, usage as ``name: value``). Every system is scored by
+5-fold cross-validation over the whole subset on the same folds (the run's ``folds.csv``), so every product is
+scored once. The preset's own out-of-fold score has its blend weights fitted on those same predictions; the
+"cross-fitted" figure fits the weights on the other four folds for each fold, which is the honest one.
+
+Usage:
+  .venv/bin/python benchmarks/portfolio_subsets.py                # all five subsets (~25 min on 2 CPU cores)
+  .venv/bin/python benchmarks/portfolio_subsets.py --only 0 --keep /tmp/pf
+Writes benchmarks/results/portfolio_subsets.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.metrics import f1_score
+from sklearn.svm import LinearSVC
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from aisle.config import validate_config
+from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
+from aisle.training.blend import greedy_selection, read_member
+from aisle.training.portfolio import run_portfolio
+from bench_lib import DATA, SHARED
+
+ATTRIBUTES = ["gender", "baseColour", "season", "usage"]
+# (seed, classes, products per class, attributes in the text)
+SUBSETS = [(0, 7, 120, False), (1, 9, 120, True), (2, 12, 120, False), (3, 8, 60, True), (4, 10, 120, False)]
+
+
+def make_subset(seed: int, n_classes: int, per_class: int) -> pd.DataFrame:
+    train = pd.read_csv(DATA / "train.csv", dtype=str)
+    counts = train["categories"].value_counts()
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(sorted(counts[counts >= per_class].index), n_classes, replace=False)
+    parts = [train[train["categories"] == c].sample(per_class, random_state=seed) for c in classes]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _texts(df: pd.DataFrame, attrs: bool) -> list[str]:
+    if not attrs:
+        return df["title"].fillna("").tolist()
+    return [
+        ". ".join([t, *(f"{a}: {r[a]}" for a in ATTRIBUTES if isinstance(r[a], str) and r[a])])
+        for t, (_, r) in zip(df["title"].fillna(""), df.iterrows())
+    ]
+
+
+def baseline_oof(df: pd.DataFrame, folds: pd.Series, attrs: bool) -> np.ndarray:
+    """TF-IDF (word 1-2 + char_wb 2-5, sublinear tf) + LinearSVC, fitted per fold: out-of-fold predictions."""
+    texts = np.asarray(_texts(df, attrs), dtype=object)
+    pred = np.empty(len(df), dtype=object)
+    for k in sorted(folds.unique()):
+        tr, va = (folds != k).to_numpy(), (folds == k).to_numpy()
+        vecs = [
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+        ]
+        x_tr = sp.hstack([v.fit_transform(texts[tr]) for v in vecs]).tocsr()
+        x_va = sp.hstack([v.transform(texts[va]) for v in vecs]).tocsr()
+        pred[va] = LinearSVC().fit(x_tr, df["categories"][tr]).predict(x_va)
+    return pred
+
+
+def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Each fold's blend with calibration and weights fitted on the other folds' out-of-fold rows only."""
+    out = np.zeros_like(members[0].probs)
+    for k in np.unique(folds):
+        fit = folds != k
+        scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
+        w, _, _ = greedy_selection([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
+        out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
+        out[~fit] += w[-1] / out.shape[1]
+    return out
+
+
+def run_subset(i: int, work: Path) -> dict:
+    seed, n_classes, per_class, attrs = SUBSETS[i]
+    df = make_subset(seed, n_classes, per_class)
+    sub = work / f"subset{i}"
+    sub.mkdir(parents=True, exist_ok=True)
+    df.to_csv(sub / "train.csv", index=False)
+    raw = {
+        "name": "preset",
+        "output_dir": str(sub),
+        "data": {
+            "train_csv": str(sub / "train.csv"),
+            "image_dir": str(DATA / "images"),
+            "text_cols": ["title"],
+            "attribute_cols": ATTRIBUTES if attrs else None,
+            "folds": 5,
+            "seed": seed,
+        },
+        "runtime": {"num_workers": 2, "cache_dir": str(work / "cache")},
+    }
+    t0 = time.perf_counter()
+    summary = run_portfolio(validate_config(raw), "cpu", sub / "preset", SHARED / "models", overwrite=True)
+    seconds = time.perf_counter() - t0
+    folds = pd.read_csv(sub / "preset" / "folds.csv", dtype={"id": str}).set_index("id").loc[df["id"], "fold"]
+    t1 = time.perf_counter()
+    base = baseline_oof(df, folds.reset_index(drop=True), attrs)
+    base_s = time.perf_counter() - t1
+    members = [read_member(sub / "preset" / "members" / m["name"], m["name"]) for m in summary["ensemble"]["members"]]
+    classes = sorted(df["categories"].unique())
+    y = np.array([classes.index(c) for c in df.set_index("id").loc[members[0].ids, "categories"]])
+    crossed = cross_fitted_blend(members, y, members[0].folds)
+    base_f1 = f1_score(df["categories"], base, average="macro")
+    row = {
+        "subset": i,
+        "seed": seed,
+        "classes": n_classes,
+        "products": len(df),
+        "input": "title + attributes" if attrs else "title",
+        "tfidf_linearsvc": round(base_f1, 4),
+        "preset_cross_fitted": round(f1_score(y, crossed.argmax(1), average="macro"), 4),
+        "preset_oof": round(summary["ensemble"]["blend"]["macro_f1"], 4),
+        **{m["name"]: round(m["oof"]["macro_f1"], 4) for m in summary["ensemble"]["members"]},
+        "weights": {m["name"]: round(m["weight"], 3) for m in summary["ensemble"]["members"]},
+        "preset_seconds": round(seconds, 1),
+        "baseline_seconds": round(base_s, 2),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _summary(rows: list[dict]) -> dict:
+    def mean_se(key: str) -> tuple[float, float]:
+        v = np.array([r[key] for r in rows])
+        return round(float(v.mean()), 4), round(float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, 4)
+
+    out = {k: mean_se(k) for k in ("tfidf_linearsvc", "preset_cross_fitted", "preset_oof", "linear", "text")}
+    if all("fusion" in r for r in rows):
+        out["fusion"] = mean_se("fusion")
+    gaps = [r["preset_cross_fitted"] - r["tfidf_linearsvc"] for r in rows]
+    out["targets"] = {
+        "mean gain >= 1 point": bool(np.mean(gaps) >= 0.01),
+        "no subset more than 1 point below": bool(min(gaps) >= -0.01),
+        "fusion >= text on the mean": bool("fusion" in out and out["fusion"][0] >= out["text"][0]),
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", type=int, nargs="*", default=None)
+    ap.add_argument("--keep", type=Path, default=Path("/tmp/aisle-portfolio-subsets"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = [run_subset(i, args.keep) for i in (args.only if args.only is not None else range(len(SUBSETS)))]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": "2 CPU cores, no GPU",
+        "command": "python benchmarks/portfolio_subsets.py",
+        "rows": rows,
+        "mean_and_se": _summary(rows),
+    }
+    out = ROOT / "benchmarks" / "results" / "portfolio_subsets.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["mean_and_se"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

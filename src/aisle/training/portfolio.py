@@ -1,0 +1,136 @@
+"""``aisle train --preset cpu|gpu``: a portfolio of models on one set of folds, blended on their out-of-fold
+predictions into one model.
+
+Members (each a full run under ``<run>/members/<name>/``, trained on the same folds): the linear TF-IDF model, a
+frozen pretrained text encoder with a head, a frozen image encoder with a head and their fusion (features cached
+once and shared), then :func:`aisle.training.blend.fit_ensemble` at the run folder's root. Members that need
+images are left out when the table has none. Pretrained members name hub models; ``models_dir`` points them at
+local folders of the same names instead (offline: ``--models-dir ../shared/models``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aisle.config import AisleConfig, config_to_dict, validate_config
+from aisle.data.prepare import load_source
+from aisle.registry import Registry
+from aisle.rundir import RunDir
+from aisle.training.blend import fit_ensemble
+from aisle.training.cv import prepare_run_dir, run_cv
+
+__all__ = ["PRESETS", "Member", "run_portfolio"]
+
+log = logging.getLogger(__name__)
+
+PRESETS: Registry = Registry("preset")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of a preset: its model and train sections (the data and runtime sections are the user's)."""
+
+    name: str
+    model: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    images: bool = False  # needs product images
+
+    def config(self, base: AisleConfig, run: RunDir) -> AisleConfig:
+        """The member's config: the user's data and runtime; train keys the user set win over the preset's."""
+        raw = config_to_dict(base)
+        user = {k: raw["train"][k] for k in base.train.model_fields_set if k != "stages"}
+        raw.update(
+            name=f"{base.name}-{self.name}",
+            output_dir=str(run.members),
+            model=self.model,
+            train={**raw["train"], "stages": [], **self.train, **user},
+        )
+        return validate_config(raw, f"preset member {self.name!r}")
+
+
+def _towers(models_dir: str | Path | None, image: str, text: str) -> tuple[str, str]:
+    """Tower names: hub names, or the folders of the same last name under ``models_dir``."""
+    if models_dir is None:
+        return f"timm:{image}", f"hf:{text}"
+    root = Path(models_dir).resolve()
+    return f"timm:local-dir:{root / image}", f"hf:{root / text.rsplit('/', 1)[-1]}"
+
+
+_HEAD = {"epochs": 20, "batch_size": 64, "lr": {"default": 1e-3}, "label_smoothing": 0.1, "early_stopping_patience": 5}
+
+
+def _frozen_members(image: str, text: str, image_size: int, max_length: int) -> list[Member]:
+    frozen = {"pretrained": True, "trainable": False}
+    image_tower = {"name": image, **frozen}
+    text_tower = {"name": text, **frozen, "pooler": "mean", "max_length": max_length}
+    head = {"head_hidden": 512, "dropout": 0.2}
+    return [
+        Member("text", {"type": "text", "text": text_tower, **head}, _HEAD),
+        Member("image", {"type": "image", "image": image_tower, "image_size": image_size, **head}, _HEAD, True),
+        Member(
+            "fusion",
+            {
+                "type": "fusion",
+                "image": image_tower,
+                "text": text_tower,
+                "image_size": image_size,
+                "fusion": "concat",
+                **head,
+            },
+            _HEAD,
+            True,
+        ),
+    ]
+
+
+@PRESETS.register("cpu")
+def cpu_preset(models_dir: str | Path | None = None) -> list[Member]:
+    """Small towers that a CPU encodes in minutes: EfficientNet-Lite0 (224 px) and all-MiniLM-L6-v2."""
+    image, text = _towers(models_dir, "tf_efficientnet_lite0", "sentence-transformers/all-MiniLM-L6-v2")
+    return [Member("linear", {"type": "linear"}), *_frozen_members(image, text, 224, 256)]
+
+
+@PRESETS.register("gpu")
+def gpu_preset(models_dir: str | Path | None = None) -> list[Member]:
+    """Larger towers for a GPU: ConvNeXt-Tiny (ImageNet-22k) and all-mpnet-base-v2, frozen, with heads."""
+    image, text = _towers(models_dir, "convnext_tiny.fb_in22k", "sentence-transformers/all-mpnet-base-v2")
+    return [Member("linear", {"type": "linear"}), *_frozen_members(image, text, 224, 256)]
+
+
+def run_portfolio(
+    cfg: AisleConfig,
+    preset: str,
+    run_dir: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train every member of ``preset`` on ``cfg``'s data and folds, then blend them into ``run_dir``.
+
+    Running it again on an unfinished portfolio folder goes on where it stopped (finished members are kept).
+
+    Returns:
+        The ensemble's summary (``cv_summary.json`` of the run folder), with each member's out-of-fold scores.
+
+    Raises:
+        FileExistsError: the folder holds a finished portfolio or another run (pass ``overwrite``).
+    """
+    members: list[Member] = PRESETS.create(preset, models_dir)
+    rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
+    configs = {m.name: m.config(cfg, rd) for m in members}  # every member's config is checked before any work
+    if overwrite or not rd.members.is_dir() or rd.is_ensemble():
+        prepare_run_dir(cfg, rd, overwrite)
+    has_images = any(len(p) for p in load_source(cfg.data, require_label=True).image_paths)
+    chosen = [m for m in members if has_images or not m.images]
+    if len(chosen) < len(members):
+        log.info("no product has an image: the preset leaves out %s", [m.name for m in members if m not in chosen])
+    runs = []
+    for m in chosen:
+        member_dir = RunDir(rd.members / m.name)
+        if not member_dir.is_finished():
+            log.info("preset %s: training member %s", preset, m.name)
+            run_cv(configs[m.name], member_dir.root, resume=member_dir.is_run(), overwrite=not member_dir.is_run())
+        runs.append(member_dir.root)
+    return fit_ensemble(runs, rd.root, metric="log_loss", names=[m.name for m in chosen])
