@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aisle.config import validate_config
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
-from aisle.training.blend import greedy_selection, read_member
+from aisle.training.blend import ensemble_weights, fit_ensemble, read_member
 from aisle.training.portfolio import run_portfolio
 from bench_lib import DATA, SHARED
 
@@ -82,13 +82,24 @@ def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     for k in np.unique(folds):
         fit = folds != k
         scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-        w, _, _ = greedy_selection([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
+        w = ensemble_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
         out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
         out[~fit] += w[-1] / out.shape[1]
     return out
 
 
-def run_subset(i: int, work: Path) -> dict:
+def _train_or_reblend(raw: dict, run: Path, reuse: bool, previous: dict) -> tuple[dict, float | None]:
+    """Train the preset (timed), or with ``reuse`` fit only the blend again on members already trained."""
+    names = ["linear", "text", "image", "fusion"]
+    if reuse and all((run / "members" / n / "cv_summary.json").is_file() for n in names):
+        summary = fit_ensemble([run / "members" / n for n in names], run, names=names)
+        return summary, previous.get("preset_seconds")
+    t0 = time.perf_counter()
+    summary = run_portfolio(validate_config(raw), "cpu", run, SHARED / "models", overwrite=True)
+    return summary, time.perf_counter() - t0
+
+
+def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = None) -> dict:
     seed, n_classes, per_class, attrs = SUBSETS[i]
     df = make_subset(seed, n_classes, per_class)
     sub = work / f"subset{i}"
@@ -107,9 +118,7 @@ def run_subset(i: int, work: Path) -> dict:
         },
         "runtime": {"num_workers": 2, "cache_dir": str(work / "cache")},
     }
-    t0 = time.perf_counter()
-    summary = run_portfolio(validate_config(raw), "cpu", sub / "preset", SHARED / "models", overwrite=True)
-    seconds = time.perf_counter() - t0
+    summary, seconds = _train_or_reblend(raw, sub / "preset", reuse, previous or {})
     folds = pd.read_csv(sub / "preset" / "folds.csv", dtype={"id": str}).set_index("id").loc[df["id"], "fold"]
     t1 = time.perf_counter()
     base = baseline_oof(df, folds.reset_index(drop=True), attrs)
@@ -130,7 +139,7 @@ def run_subset(i: int, work: Path) -> dict:
         "preset_oof": round(summary["ensemble"]["blend"]["macro_f1"], 4),
         **{m["name"]: round(m["oof"]["macro_f1"], 4) for m in summary["ensemble"]["members"]},
         "weights": {m["name"]: round(m["weight"], 3) for m in summary["ensemble"]["members"]},
-        "preset_seconds": round(seconds, 1),
+        "preset_seconds": None if seconds is None else round(seconds, 1),
         "baseline_seconds": round(base_s, 2),
     }
     print(json.dumps(row), flush=True)
@@ -158,9 +167,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", type=int, nargs="*", default=None)
     ap.add_argument("--keep", type=Path, default=Path("/tmp/aisle-portfolio-subsets"))
+    ap.add_argument("--reuse", action="store_true", help="members already trained under --keep: fit the blend only")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = [run_subset(i, args.keep) for i in (args.only if args.only is not None else range(len(SUBSETS)))]
+    out = ROOT / "benchmarks" / "results" / "portfolio_subsets.json"
+    before = {r["subset"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
+    chosen = args.only if args.only is not None else range(len(SUBSETS))
+    rows = [run_subset(i, args.keep, args.reuse, before.get(i)) for i in chosen]
     result = {
         "date": date.today().isoformat(),
         "machine": "2 CPU cores, no GPU",
@@ -168,7 +181,6 @@ def main() -> None:
         "rows": rows,
         "mean_and_se": _summary(rows),
     }
-    out = ROOT / "benchmarks" / "results" / "portfolio_subsets.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["mean_and_se"], indent=2))
 

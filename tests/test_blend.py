@@ -16,7 +16,7 @@ from aisle.evaluation.calibration import rescale_probs
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
-from aisle.training.blend import fit_ensemble, greedy_selection, read_member
+from aisle.training.blend import ensemble_weights, fit_ensemble, greedy_selection, read_member
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,6 @@ def test_noise_gets_weight_zero_and_the_blend_beats_its_best_member(runs, tmp_pa
     members = [read_member(r[n]) for n in ("svm", "lr", "noise")]
     y = _y(members[0])
     calibrated = {m.name: rescale_probs(m.probs, scales[m.name]) for m in members}
-    _, _, score = greedy_selection(list(calibrated.values()), y, metric)
     blend = sum(weights[n] * p for n, p in calibrated.items()) + uniform / members[0].probs.shape[1]
     if metric == "macro_f1":
         best = max(m["oof"]["macro_f1"] for m in summary["ensemble"]["members"])
@@ -74,7 +73,8 @@ def test_noise_gets_weight_zero_and_the_blend_beats_its_best_member(runs, tmp_pa
     else:
         best = max(np.log(p[np.arange(len(y)), y]).mean() for p in calibrated.values())
         assert np.log(blend[np.arange(len(y)), y]).mean() >= best - 1e-12
-        assert score == pytest.approx(np.log(blend[np.arange(len(y)), y]).mean())
+    oof = pd.read_csv(tmp_path / "ens" / "ensemble" / "oof.csv", dtype={"id": str}).set_index("id").loc[members[0].ids]
+    assert np.allclose(oof[[c for c in oof.columns if c not in ("fold", "label", "pred")]].to_numpy(), blend), "the ensemble's OOF file is this blend"
 
 
 def test_greedy_selection_picks_the_best_member_first_and_keeps_the_best_prefix():
@@ -95,8 +95,8 @@ def test_a_member_of_random_probabilities_gets_no_weight_beside_decent_members(m
         return 0.6 * np.eye(5)[guess] + 0.4 * rng.dirichlet(np.ones(5), 400)
 
     noise = rng.dirichlet(np.ones(5), 400)
-    weights, _, _ = greedy_selection([decent(0.8), decent(0.75), noise], y, metric)
-    assert weights[2] == 0.0 and weights[:2].sum() > 0
+    weights = ensemble_weights([decent(0.8), decent(0.75), noise], y, metric)
+    assert weights[2] == 0.0 and weights[:2].sum() > 0 and weights.sum() == pytest.approx(1.0)
 
 
 def test_runs_with_other_folds_or_ids_are_refused(runs, tmp_path):

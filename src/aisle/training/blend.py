@@ -1,12 +1,11 @@
-"""Ensembles fitted on out-of-fold predictions: greedy ensemble selection with replacement (Caruana et al., 2004).
+"""Ensembles fitted on out-of-fold predictions: bagged greedy ensemble selection (Caruana et al., 2004, 2006).
 
 Every member is a finished run trained on the same rows with the same folds, so each product has one out-of-fold
-probability row per member, made by a model that never saw it. Selection starts from the best member and adds,
-round by round, the member (repeats allowed) whose addition to the running average scores best; the weights are
-the pick counts of the best-scoring round. The blend therefore scores at least as well as its best member on the
-fitted metric, and a member that never helps gets weight 0. The ensemble folder is shaped like a run folder
-(``cv_summary.json``, ``ensemble/oof.csv``, ``label_map.json``, ``config.yaml``), so ``predict`` and ``report``
-take it like a run.
+probability row per member, made by a model that never saw it. Each member is calibrated (one scale on its
+log-probabilities), members without signal are left out, and greedy selection with replacement runs on bootstrap
+samples of the rows; the weights are the average pick shares (see :func:`ensemble_weights`). The ensemble folder is
+shaped like a run folder (``cv_summary.json``, ``ensemble/oof.csv``, ``label_map.json``, ``config.yaml``), so
+``predict`` and ``report`` take it like a run.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from aisle.serialization import read_json, write_json
 __all__ = [
     "BlendMetric",
     "Member",
+    "ensemble_weights",
     "fit_ensemble",
     "greedy_selection",
     "read_member",
@@ -60,12 +60,11 @@ def _score(probs: np.ndarray, y: np.ndarray, metric: BlendMetric) -> float:
 def greedy_selection(
     probs: Sequence[np.ndarray], y: np.ndarray, metric: BlendMetric = "log_loss", rounds: int = 50
 ) -> tuple[np.ndarray, list[int], float]:
-    """Caruana's forward selection with replacement, each pick after the first gated by a significance test.
+    """Caruana's forward selection with replacement on one set of rows.
 
     For ``log_loss`` the uniform distribution is one more candidate (the last weight): mixing in a little of it
     is how a blend of over-confident members gets smoother, and it does that better than any member of random
-    probabilities could (log is concave), so such a member is never picked for its smoothing alone. It does not
-    move any row's most likely class.
+    probabilities could (log is concave). It does not move any row's most likely class.
 
     Args:
         probs: each member's (N, C) out-of-fold probabilities.
@@ -82,15 +81,7 @@ def greedy_selection(
     total, picks = np.zeros_like(probs[0]), list[int]()
     best: tuple[float, int] = (-np.inf, 0)
     for r in range(rounds):
-        current = _row_loglik(total / r, y) if r else None
-        scored = [
-            (_score(blend, y, metric), j)
-            for j, blend in ((j, (total + p) / (r + 1)) for j, p in enumerate(candidates))
-            if current is None or _significant(_row_loglik(blend, y) - current)
-        ]
-        if not scored:
-            break
-        score, j = max(scored)
+        score, j = max((_score((total + p) / (r + 1), y, metric), j) for j, p in enumerate(candidates))
         total, picks = total + candidates[j], [*picks, j]
         if score > best[0] + 1e-12:
             best = (score, len(picks))
@@ -99,13 +90,52 @@ def greedy_selection(
     return weights, kept, best[0]
 
 
+def ensemble_weights(
+    probs: Sequence[np.ndarray],
+    y: np.ndarray,
+    metric: BlendMetric = "log_loss",
+    rounds: int = 25,
+    bags: int = 20,
+    seed: int = 0,
+) -> np.ndarray:
+    """Bagged ensemble selection (Caruana et al., 2006) over the members that carry signal.
+
+    1. A member takes part only if its rows' log-likelihood beats the uniform distribution's by more than chance
+       (a z-test, z >= 3): a member of random probabilities never does, and gets weight 0.
+    2. :func:`greedy_selection` runs on ``bags`` bootstrap samples of the rows and the weights are averaged: a
+       pick that only fits a few lucky rows is rare across samples (one selection on all rows overfits them).
+    3. If the bagged blend scores below the best member on all rows, one selection on all rows is used instead,
+       so the blend always scores at least as well as its best member on the fitted metric.
+
+    Returns:
+        Weights (M + 1,) summing to 1, the last for the uniform distribution.
+    """
+    uniform = np.full(len(y), -np.log(probs[0].shape[1]))
+    live = [j for j, p in enumerate(probs) if _significant(_row_loglik(p, y) - uniform)]
+    live = live or [int(np.argmax([_score(p, y, metric) for p in probs]))]
+    rng = np.random.default_rng(seed)
+    bagged = np.zeros(len(live) + 1)
+    for _ in range(bags):
+        rows = rng.integers(0, len(y), len(y))
+        bagged += greedy_selection([probs[j][rows] for j in live], y[rows], metric, rounds)[0] / bags
+    full = greedy_selection([probs[j] for j in live], y, metric, rounds)[0]
+    best_member = max(_score(probs[j], y, metric) for j in live)
+    chosen = bagged if _score(_blend([probs[j] for j in live], bagged), y, metric) >= best_member else full
+    weights = np.zeros(len(probs) + 1)
+    weights[live], weights[-1] = chosen[:-1], chosen[-1]
+    return weights
+
+
+def _blend(probs: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return np.asarray(sum(w * p for w, p in zip(weights, probs))) + weights[-1] / probs[0].shape[1]
+
+
 def _row_loglik(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, None))
 
 
 def _significant(gain: np.ndarray, z: float = 3.0) -> bool:
-    """A pick must raise the rows' log-likelihood by more than chance would (a paired z-test, z >= 3): what a
-    member of random probabilities gains on some rows it loses on others, and it is never picked for luck."""
+    """The rows' gains are positive beyond chance (a z-test on their mean, z >= 3)."""
     spread = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else 0.0
     return bool(gain.mean() > 0 and (spread == 0 or gain.mean() / spread >= z))
 
@@ -158,7 +188,7 @@ def fit_ensemble(
     runs: Sequence[str | Path],
     out: str | Path,
     metric: BlendMetric = "log_loss",
-    rounds: int = 50,
+    rounds: int = 25,
     names: Sequence[str] | None = None,
 ) -> dict:
     """Fit weights on the runs' out-of-fold predictions and write the ensemble folder ``out``.
@@ -180,16 +210,14 @@ def fit_ensemble(
     for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
         m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
     calibrated = [rescale_probs(m.probs, m.scale) for m in members]
-    weights, picks, _ = greedy_selection(calibrated, y, metric, rounds)
-    blend = sum(w * p for w, p in zip(weights, calibrated)) + weights[-1] / len(lm)
-    return _write(RunDir(out), members, weights, picks, np.asarray(blend), y, lm, metric)
+    weights = ensemble_weights(calibrated, y, metric, rounds)
+    return _write(RunDir(out), members, weights, _blend(calibrated, weights), y, lm, metric)
 
 
 def _write(
     ens: RunDir,
     members: list[Member],
     weights: np.ndarray,
-    picks: list[int],
     blend: np.ndarray,
     y: np.ndarray,
     lm: LabelMap,
@@ -208,10 +236,8 @@ def _write(
     oof.insert(3, "pred", lm.decode(blend.argmax(1)))
     ens.stage(ENSEMBLE_STAGE).mkdir(exist_ok=True)
     oof.to_csv(ens.stage_oof(ENSEMBLE_STAGE), index=False)
-    names = [m.name for m in members] + ["<uniform>"]
     spec = {
         "metric": metric,
-        "picks": [names[i] for i in picks],
         "uniform_weight": float(weights[-1]),
         "members": [
             {
