@@ -74,7 +74,8 @@ def test_noise_gets_weight_zero_and_the_blend_beats_its_best_member(runs, tmp_pa
         best = max(np.log(p[np.arange(len(y)), y]).mean() for p in calibrated.values())
         assert np.log(blend[np.arange(len(y)), y]).mean() >= best - 1e-12
     oof = pd.read_csv(tmp_path / "ens" / "ensemble" / "oof.csv", dtype={"id": str}).set_index("id").loc[members[0].ids]
-    assert np.allclose(oof[[c for c in oof.columns if c not in ("fold", "label", "pred")]].to_numpy(), blend), "the ensemble's OOF file is this blend"
+    blended = oof[[c for c in oof.columns if c not in ("fold", "label", "pred")]].to_numpy()
+    assert np.allclose(blended, blend), "the ensemble's OOF file is this blend"
 
 
 def test_greedy_selection_picks_the_best_member_first_and_keeps_the_best_prefix():
