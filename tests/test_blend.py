@@ -13,6 +13,7 @@ from aisle.cli import main
 from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
 from aisle.evaluation.calibration import rescale_probs
+from aisle.evaluation.compare import run_row
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
@@ -145,3 +146,5 @@ def test_the_ensemble_predicts_and_reports_like_a_run(runs, tmp_path, capsys):
     assert main(["-q", "predict", str(ens)]) == 0  # the members' data.test_csv
     assert (ens / "predictions" / "submission.csv").is_file()
     assert write_report(ens).is_file()
+    row = run_row(ens)
+    assert row["model"] == "ensemble" and row["towers"].startswith(("svm", "lr"))

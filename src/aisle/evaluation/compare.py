@@ -27,11 +27,14 @@ def run_row(run_dir: str | Path) -> dict:
     rd = RunDir(run_dir).require_finished()
     s = read_json(rd.summary)
     m = load_config(rd.config).model
+    names = [str(v).rsplit("/", 1)[-1] for v in m.tower_names().values()]
+    if rd.is_ensemble():  # its config is its first member's: name the members instead
+        names = [f"{x['name']} {x['weight']:.2f}" for x in read_json(rd.ensemble)["members"] if x["weight"] > 0]
     row = {
         "run": rd.root.name,
-        "model": m.type,
-        "fusion": m.fusion_kind if m.type in ("fusion", "dual") else "",
-        "towers": " + ".join(str(v).rsplit("/", 1)[-1] for v in m.tower_names().values()),
+        "model": s.get("model_type", m.type),
+        "fusion": m.fusion_kind if m.type in ("fusion", "dual") and not rd.is_ensemble() else "",
+        "towers": " + ".join(names),
         "params": s["params"]["total"],
         "train_seconds": sum(st["train_seconds"] for st in s["stages"].values()),
         "folds": len(s["folds"]),

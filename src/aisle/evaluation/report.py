@@ -123,12 +123,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
         )
     m = ev.metrics
     title = html.escape(rd.name)
-    fusion = f", {html.escape(cfg.model.fusion_kind)} fusion" if cfg.model.type in ("fusion", "dual") else ""
+    kind = summary.get("model_type", cfg.model.type)  # an ensemble's config is its first member's
+    fusion = f", {html.escape(cfg.model.fusion_kind)} fusion" if kind in ("fusion", "dual") else ""
     total, acc, f1 = summary["params"]["total"], m["acc"], m["macro_f1"]
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>aisle report: {title}</title>
 <style>{_CSS}</style></head><body>
 <h1 id="title">aisle report: {title}</h1>
-<p>{html.escape(cfg.model.type)} model{fusion};
+<p>{html.escape(kind)} model{fusion};
 {total:,} parameters; out-of-fold accuracy <b>{acc:.4f}</b>, macro-F1 <b>{f1:.4f}</b>
 over {ev.n_scored:,} training rows.</p>
 <h2>Cross-validation</h2>{_metrics_table(summary)}
