@@ -18,10 +18,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.svm import LinearSVC
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -30,7 +27,7 @@ from aisle.evaluation.calibration import rescale_probs
 from aisle.inference import predict
 from aisle.training.portfolio import run_portfolio
 from bench_lib import DATA, SHARED
-from portfolio_subsets import ATTRIBUTES, _texts
+from portfolio_subsets import ATTRIBUTES, _texts, baseline_predict
 
 
 def _scores(truth: pd.Series, labels) -> dict:
@@ -86,13 +83,7 @@ def main() -> None:
     )
     predict_s = time.perf_counter() - t1
     train, test = pd.read_csv(DATA / "train.csv", dtype=str), pd.read_csv(DATA / "test.csv", dtype=str)
-    vecs = [
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-    ]
-    x_tr = sp.hstack([v.fit_transform(_texts(train, True)) for v in vecs]).tocsr()
-    x_te = sp.hstack([v.transform(_texts(test, True)) for v in vecs]).tocsr()
-    svc = LinearSVC().fit(x_tr, train["categories"]).predict(x_te)
+    svc = baseline_predict(_texts(train, True), train["categories"], _texts(test, True))
     rows.append({"model": "TF-IDF + LinearSVC (title + attributes)", **_scores(truth.loc[test["id"]], svc)})
     best = rows[-2]["macro_f1"]
     result = {

@@ -60,19 +60,24 @@ def _texts(df: pd.DataFrame, attrs: bool) -> list[str]:
     ]
 
 
+def baseline_predict(train_texts, train_labels, other_texts) -> np.ndarray:
+    """The baseline: TF-IDF (word 1-2 + char_wb 2-5, sublinear tf) + LinearSVC fitted on ``train_texts``."""
+    vecs = [
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    ]
+    x_tr = sp.hstack([v.fit_transform(train_texts) for v in vecs]).tocsr()
+    x_other = sp.hstack([v.transform(other_texts) for v in vecs]).tocsr()
+    return LinearSVC().fit(x_tr, train_labels).predict(x_other)
+
+
 def baseline_oof(df: pd.DataFrame, folds: pd.Series, attrs: bool) -> np.ndarray:
-    """TF-IDF (word 1-2 + char_wb 2-5, sublinear tf) + LinearSVC, fitted per fold: out-of-fold predictions."""
+    """The baseline fitted per fold: out-of-fold predictions."""
     texts = np.asarray(_texts(df, attrs), dtype=object)
     pred = np.empty(len(df), dtype=object)
     for k in sorted(folds.unique()):
         tr, va = (folds != k).to_numpy(), (folds == k).to_numpy()
-        vecs = [
-            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-        ]
-        x_tr = sp.hstack([v.fit_transform(texts[tr]) for v in vecs]).tocsr()
-        x_va = sp.hstack([v.transform(texts[va]) for v in vecs]).tocsr()
-        pred[va] = LinearSVC().fit(x_tr, df["categories"][tr]).predict(x_va)
+        pred[va] = baseline_predict(texts[tr], df["categories"][tr], texts[va])
     return pred
 
 

@@ -113,10 +113,14 @@ MODEL_TOWERS: dict[str, dict[str, str]] = {
     "dual": {"image_encoder": "dual", "text_encoder": "dual"},
     "linear": {"text_encoder": "linear"},
 }
-# the tower-name prefixes each section takes: checked against the model registries by
-# ``aisle.models.check_tower_names`` (a test keeps the two in step)
+# every tower section; the tower-name prefixes each takes are checked by ``aisle.models.check_tower_names``
 TOWER_SECTIONS = ("image", "text", "dual", "linear")
-_SECTION_CLASSES: dict[str, type[_Section]] = {}  # filled in below, once the classes exist
+_SECTION_CLASSES: dict[str, type[_Section]] = {
+    "image": ImageTowerConfig,
+    "text": TextTowerConfig,
+    "dual": DualTowerConfig,
+    "linear": LinearModelConfig,
+}
 
 
 _T = TypeVar("_T")
@@ -205,9 +209,6 @@ class ModelConfig(_Section):
     def tower_names(self) -> dict[str, str | None]:
         """Config section -> tower name, for the sections this model type has."""
         return {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
-
-
-_SECTION_CLASSES.update(image=ImageTowerConfig, text=TextTowerConfig, dual=DualTowerConfig, linear=LinearModelConfig)
 
 
 class LearningRates(_Section):
