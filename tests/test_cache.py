@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +236,94 @@ def test_decoded_image_cache(catalogue, tmp_path):
     Image.new("RGB", (32, 32), (0, 0, 255)).save(products.image_paths[ok][0])
     changed = DecodedImages.build(products, 40, tmp_path / "c")  # a changed image: a new cache, new pixels
     assert not torch.equal(changed.image(ok), dec.image(ok))
+
+
+# ---------------------------------------------------------------- the data-root fence and the cache keys
+
+
+def _in_thread(fn, timeout: float = 10.0):
+    """``fn()``'s result, or a test failure if it blocks (a daemon thread: a hang cannot stop pytest)."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert out, f"blocked for {timeout} s"
+    return out[0]
+
+
+def test_file_digest_hashes_only_files_the_fence_accepts(tmp_path):
+    from aisle.cache.keys import file_digest
+
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "a.png")
+    (tmp_path / "secret.png").write_bytes((root / "a.png").read_bytes())  # the same bytes, outside the root
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    os.mkfifo(root / "pipe")
+    (root / "pipe.png").symlink_to(root / "pipe")
+    (root / "folder.png").mkdir()
+    roots = [root]
+    content = file_digest(str(root / "a.png"), roots)
+    assert len(content) == 32 and content == file_digest(str(tmp_path / "secret.png"), [])  # no roots: no fence
+    assert file_digest(str(root / "link.png"), roots) == "outside_data_root"
+    assert file_digest(str(root / ".." / "secret.png"), roots) == "outside_data_root"
+    assert _in_thread(lambda: file_digest(str(root / "pipe.png"), roots)) == "not_a_file"  # never opened
+    assert file_digest(str(root / "folder.png"), roots) == "not_a_file"
+    assert file_digest(str(root / "nope.png"), roots) == "missing"
+    assert file_digest(None, roots) == "none"
+
+
+def test_a_refused_image_never_shares_a_key_with_an_accepted_one(make_catalogue, tmp_path):
+    from aisle.cache.keys import image_item_keys
+
+    cat = make_catalogue([{"id": "b", "title": "x"}, {"id": "a", "title": "y"}], images={"a.png": (0, 0, 255)})
+    (tmp_path / "secret.png").write_bytes((cat.images / "a.png").read_bytes())
+    (cat.images / "b.png").symlink_to(tmp_path / "secret.png")  # found by the image index, refused by the fence
+    products = load_products(cat.csv, DataConfig())
+    assert [len(p) for p in products.image_paths] == [1, 1]
+    for mode in ("first", "mean_pool"):
+        keys = image_item_keys(products.image_paths, mode, 4, products.roots)
+        assert keys[0] != keys[1]
+        assert keys == image_item_keys(products.image_paths, mode, 4, products.roots)  # still a pure function
+    assert len(set(image_item_keys(products.image_paths, "first", 1, []))) == 1  # what the side door did
+
+
+def test_decoded_cache_keeps_a_valid_image_whose_bytes_equal_a_refused_one(make_catalogue, tmp_path):
+    from aisle.cache.decoded import DecodedImages
+
+    cat = make_catalogue([{"id": "b", "title": "x"}, {"id": "a", "title": "y"}], images={"a.png": (0, 0, 255)})
+    (tmp_path / "secret.png").write_bytes((cat.images / "a.png").read_bytes())
+    (cat.images / "b.png").symlink_to(tmp_path / "secret.png")  # the refused one comes first
+    dec = DecodedImages.build(load_products(cat.csv, DataConfig()), 16, tmp_path / "c")
+    assert dec.image(0) is None, "the refused image is never read"
+    blue = dec.image(1)
+    assert blue is not None and blue[2].float().mean() > 250 and blue[0].float().mean() < 5
+
+
+# ---------------------------------------------------------------- decoded cache integrity
+
+
+@pytest.mark.parametrize("damage", ["flip_a_byte", "cut_short"])
+def test_damaged_decoded_cache_is_rebuilt_with_a_warning(catalogue, tmp_path, caplog, damage):
+    from aisle.cache.decoded import DecodedImages
+
+    products = _products(catalogue)
+    first = DecodedImages.build(products, 24, tmp_path / "c")
+    original = np.array(first.pixels)
+    (data,) = (tmp_path / "c" / "decoded").glob("*.u8")
+    del first
+    raw = bytearray(data.read_bytes())
+    if damage == "flip_a_byte":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw = raw[: len(raw) - 100]
+    data.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="aisle"):
+        again = DecodedImages.build(products, 24, tmp_path / "c")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(data) in warnings[0] and "rebuilding" in warnings[0]
+    assert np.array_equal(np.asarray(again.pixels), original)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aisle"):
+        DecodedImages.build(products, 24, tmp_path / "c")  # whole again: loaded without a word
+    assert caplog.records == []

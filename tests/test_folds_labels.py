@@ -197,27 +197,37 @@ def test_empty_label_cell_is_left_out(tmp_path: Path) -> None:
 def test_label_map_of_training_data_follows_the_labels(tmp_path: Path) -> None:
     path = write_train_csv(tmp_path, labelled_rows({"10": 2, "2": 2, "1": 2}))
     td = load_training_data(DataConfig(train_csv=str(path), folds=2))
-    assert td.label_map.classes == ("1", "2", "10") and td.label_map.dtype == "int"
-    assert td.label_map.decode(td.y) == [int(v) for v in td.products.labels]
+    assert td.label_map.classes == ("1", "2", "10")
+    assert td.label_map.decode(td.y) == list(td.products.labels)
 
 
 # ---------------------------------------------------------------- LabelMap
 
 
-def test_label_map_strings_sorted() -> None:
-    lm = LabelMap.fit(pd.Series(["mugs", "Boots", " shoes ", "mugs", None, ""]))
-    assert lm.classes == ("Boots", "mugs", "shoes") and lm.dtype == "str" and len(lm) == 3
+def test_label_map_strings_sorted_and_kept_exactly() -> None:
+    lm = LabelMap.fit(pd.Series(["mugs", "Boots", " shoes ", "mugs", None, "", "  "]))
+    assert lm.classes == (" shoes ", "Boots", "mugs") and len(lm) == 3
 
 
-def test_label_map_ints_sort_numerically() -> None:
+def test_label_map_int_like_labels_sort_numerically_and_stay_strings() -> None:
     lm = LabelMap.fit(np.array(["10", "2", "1", "2"]))
-    assert lm.classes == ("1", "2", "10") and lm.dtype == "int"
-    lm_int = LabelMap.fit(np.array([10, 2, 1]))
-    assert lm_int == lm
+    assert lm.classes == ("1", "2", "10")
+    assert LabelMap.fit(np.array([10, 2, 1])) == lm
     idx, unseen = lm.encode(pd.Series(["2", "10", "2.0", 1, "10 "]))
-    assert idx.tolist() == [1, 2, 1, 0, 2]
-    assert unseen == Counter()
-    assert lm.decode(np.array([2, 0])) == [10, 1]
+    assert idx.tolist() == [1, 2, -1, 0, -1]  # "2.0" and "10 " are other strings: never merged into a class
+    assert unseen == Counter({"2.0": 1, "10 ": 1})
+    assert lm.decode(np.array([2, 0])) == ["10", "1"]
+
+
+def test_label_map_zero_padded_codes_are_their_own_classes() -> None:
+    lm = LabelMap.fit(["001", "01", "1", "006", "1"])
+    assert lm.classes == ("001", "01", "1", "006")
+    assert lm.decode(lm.encode(["01", "006"])[0]) == ["01", "006"]
+
+
+def test_label_map_needs_two_classes() -> None:
+    with pytest.raises(ValueError, match="only one class .'a'. .*at least two"):
+        LabelMap.fit(["a", "a", None])
 
 
 def test_label_map_unseen_labels_are_minus_one_and_counted() -> None:
@@ -242,11 +252,11 @@ def test_label_map_fit_needs_labels() -> None:
         LabelMap.fit(pd.Series([None, "", "  "]))
 
 
-@pytest.mark.parametrize("labels", [["b", "a", "c"], ["30", "4", "100"]])
+@pytest.mark.parametrize("labels", [["b", "a", "c"], ["30", "4", "100"], ["NA", "None", 'ñ,"q"']])
 def test_label_map_json_round_trip(tmp_path: Path, labels: list[str]) -> None:
     lm = LabelMap.fit(labels)
     path = lm.save(tmp_path / "run" / "labels.json")
-    assert json.loads(path.read_text()) == {"classes": list(lm.classes), "dtype": lm.dtype}
+    assert json.loads(path.read_text())["classes"] == list(lm.classes)
     again = LabelMap.load(path)
     assert again == lm
     assert again.encode(labels)[0].tolist() == lm.encode(labels)[0].tolist()
@@ -257,12 +267,18 @@ def test_label_map_load_errors(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(ValueError, match="not valid JSON"):
         LabelMap.load(bad)
-    bad.write_text(json.dumps({"classes": ["a"], "dtype": "float"}))
-    with pytest.raises(ValueError, match="dtype 'float'"):
-        LabelMap.load(bad)
     bad.write_text(json.dumps(["a", "b"]))
     with pytest.raises(ValueError, match="'classes'"):
         LabelMap.load(bad)
+
+
+def test_a_reordered_or_edited_label_map_is_refused(tmp_path: Path) -> None:
+    path = LabelMap.fit(["a", "b", "c"]).save(tmp_path / "labels.json")
+    d = json.loads(path.read_text())
+    for classes in (["b", "a", "c"], ["a", "b", "x"], ["a", "b"]):
+        path.write_text(json.dumps({**d, "classes": classes}))
+        with pytest.raises(ValueError, match="changed or damaged"):
+            LabelMap.load(path)
 
 
 def test_label_map_large_integer_labels() -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import struct
+import threading
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from aisle.config import DataConfig
@@ -21,6 +27,7 @@ from aisle.data import (
     probe_image,
 )
 from aisle.data.dataset import ImageReading
+from aisle.data.images import IMAGE_EXTENSIONS, file_problem
 from conftest import noise_jpeg_bytes, write_broken, write_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -109,6 +116,160 @@ def test_symlink_outside_root_is_refused_inside_allowed(tmp_path: Path) -> None:
     assert reason is None and image.getpixel((0, 0)) == GREEN
 
 
+# ---------------------------------------------------------------- decoding: orientation, depth, alpha, formats
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    return path
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    image, reason = open_image(tmp_path / "g16.png", [tmp_path])
+    assert reason is None and image.mode == "RGB"
+    grey = np.asarray(image)[..., 0].astype(int)
+    assert np.abs(grey - (ramp >> 8)).max() <= 1  # the top byte: a ramp from black to white
+    assert 120 < grey.mean() < 135
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_and_float_greyscale_are_scaled(tmp_path: Path, mode: str) -> None:
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    values = (ramp * 65535).astype(np.int32) if mode == "I" else ramp.astype(np.float32)
+    Image.fromarray(values, mode).save(tmp_path / "g.tif")
+    image, reason = open_image(tmp_path / "g.tif", [tmp_path])
+    assert reason is None
+    grey = np.asarray(image)[..., 0].astype(int)
+    assert np.abs(grey - np.round(ramp * 255)).max() <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    wide = Image.new("RGB", (20, 10), RED)
+    wide.paste(BLUE, (10, 0, 20, 10))  # red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: red on top, blue below
+    wide.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    for draft in (None, (4, 4)):
+        image, reason = open_image(tmp_path / "rot.jpg", [tmp_path], draft=draft)
+        assert reason is None and image.width < image.height
+    image, _ = open_image(tmp_path / "rot.jpg", [tmp_path])
+    assert image.size == (10, 20)
+    pixels = np.asarray(image, dtype=float)  # (H, W, 3)
+    assert pixels[:8].mean((0, 1)).argmax() == 0 and pixels[12:].mean((0, 1)).argmax() == 2
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P"])
+def test_transparent_pixels_become_white(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.png"
+    if kind == "P":
+        im = Image.new("P", (8, 8), 0)
+        im.putpalette([0, 0, 0, 255, 0, 0])
+        im.putpixel((0, 0), 1)
+        im.save(path, transparency=0)  # palette entry 0 (black) is transparent
+    else:
+        im = Image.new(kind, (8, 8), (0, 0, 0, 0) if kind == "RGBA" else (0, 0))
+        im.putpixel((0, 0), (255, 0, 0, 255) if kind == "RGBA" else (90, 255))
+        im.save(path)
+    image, reason = open_image(path, [tmp_path])
+    assert reason is None and image.mode == "RGB"
+    assert image.getpixel((4, 4)) == (255, 255, 255)  # transparent black: white, not black
+    assert image.getpixel((0, 0)) == ((255, 0, 0) if kind != "LA" else (90, 90, 90))  # opaque pixels kept
+
+
+def test_half_transparent_pixels_blend_with_white(tmp_path: Path) -> None:
+    Image.new("RGBA", (4, 4), (0, 0, 255, 128)).save(tmp_path / "half.png")
+    r, g, b = open_image(tmp_path / "half.png", [tmp_path])[0].getpixel((1, 1))
+    assert abs(r - 127) <= 2 and abs(g - 127) <= 2 and b == 255
+
+
+def test_cmyk_jpeg_opens_as_rgb(tmp_path: Path) -> None:
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "c.jpg")  # red in CMYK
+    image, reason = open_image(tmp_path / "c.jpg", [tmp_path])
+    assert reason is None and image.mode == "RGB"
+    assert np.abs(np.asarray(image.getpixel((3, 3))) - RED).max() <= 3
+
+
+@pytest.mark.parametrize("ext", [".gif", ".bmp", ".tif", ".tiff", ".webp"])
+def test_more_formats_read_their_first_frame(tmp_path: Path, ext: str) -> None:
+    assert ext in IMAGE_EXTENSIONS
+    first, second = Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)
+    path = tmp_path / f"x{ext}"
+    if ext == ".bmp":
+        first.save(path)
+    else:  # animated GIF / WebP, multi-page TIFF
+        first.save(path, save_all=True, append_images=[second], **({"lossless": True} if ext == ".webp" else {}))
+        assert Image.open(path).n_frames == 2
+    image, reason = open_image(path, [tmp_path])
+    assert reason is None and image.mode == "RGB"
+    assert np.abs(np.asarray(image.getpixel((3, 3))) - RED).max() <= 3
+    assert build_image_index(tmp_path, ["x"]) == {"x": [str(path)]}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own note on the refused image
+def test_a_94_megapixel_header_is_refused_only_over_max_pixels(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    path = _png_header_only(tmp_path / "big.png", 10_000, 9_400)  # over PIL's own limit (89.5 MP)
+    probe = probe_image(path, [tmp_path], max_pixels=90_000_000)
+    assert probe.reason == "decompression_bomb" and probe.size == (10_000, 9_400)  # refused from the header
+    allowed = probe_image(path, [tmp_path], max_pixels=100_000_000)
+    assert allowed.reason == "truncated"  # under our limit: PIL's guard does not refuse it, its data is cut off
+
+
+def test_pils_own_bomb_guard_never_refuses_an_image_under_max_pixels(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000 pixels and refuses above 2000
+    warned = write_image(tmp_path / "w.png", RED, size=40)  # 1600 pixels
+    refused = write_image(tmp_path / "r.png", RED, size=50)  # 2500 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be taken for a bomb
+        assert open_image(warned, [tmp_path], max_pixels=5000)[1] is None
+        assert open_image(refused, [tmp_path], max_pixels=5000)[1] is None
+        assert open_image(refused, [tmp_path], max_pixels=2000) == (None, "decompression_bomb")
+
+
+# ---------------------------------------------------------------- never open what is not a regular file
+
+
+def _in_thread(fn, timeout: float = 10.0):
+    """``fn()``'s result, or a test failure if it blocks (a daemon thread: a hang cannot stop pytest)."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert out, f"blocked for {timeout} s"
+    return out[0]
+
+
+def test_a_fifo_under_the_data_root_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "pipe.jpg").symlink_to(fifo)
+    (tmp_path / "folder.jpg").mkdir()
+    for path in (fifo, tmp_path / "pipe.jpg", tmp_path / "folder.jpg"):
+        assert _in_thread(lambda p=path: open_image(p, [tmp_path])) == (None, "not_a_file")
+        assert _in_thread(lambda p=path: probe_image(p, [tmp_path])).reason == "not_a_file"
+        assert file_problem(path, [tmp_path]) == "not_a_file"
+
+
+def test_file_problem_needs_no_open(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "root" / "a.png", RED)
+    (tmp_path / "root" / "empty.png").write_bytes(b"")
+    outside = write_image(tmp_path / "secret.png", RED)
+    assert file_problem(good, [tmp_path / "root"]) is None
+    assert file_problem(tmp_path / "root" / "empty.png", [tmp_path / "root"]) == "empty_file"
+    assert file_problem(tmp_path / "root" / "nope.png", [tmp_path / "root"]) == "missing"
+    assert file_problem(outside, [tmp_path / "root"]) == "outside_data_root"
+    assert file_problem(outside, []) is None
+
+
 # ---------------------------------------------------------------- build_image_index
 
 
@@ -133,7 +294,7 @@ def test_index_ignores_non_images_and_unknown_ids(tmp_path: Path) -> None:
     write_image(d / "a_1.webp")
     (d / "a.txt").write_text("x")
     (d / "a_2.json").write_text("{}")
-    (d / "a_3.gif").write_bytes(b"GIF89a")
+    (d / "a_3.svg").write_text("<svg/>")  # not a format we decode
     write_image(d / "zzz.jpg")  # not a wanted id
     write_image(d / "ab.jpg")  # shares a prefix with 'a' but has no '_' after it
     index = build_image_index(d, ["a", "b"])
@@ -224,7 +385,7 @@ def broken_catalogue(make_catalogue, tmp_path: Path):
 def test_dataset_turns_every_broken_image_into_a_masked_placeholder(broken_catalogue, caplog) -> None:
     products = load_products(broken_catalogue.csv, DataConfig())
     ds = ProductDataset(products, image_transform=EVAL_TF, reading=ImageReading(max_pixels=5000, placeholder_size=SIZE))
-    with caplog.at_level(logging.WARNING, logger="aisle"):
+    with caplog.at_level(logging.DEBUG, logger="aisle.data.dataset"):
         items = [ds[i] for i in range(len(ds))]
     masks = {it["id"]: it["image_mask"].tolist() for it in items}
     assert masks == {
@@ -253,12 +414,16 @@ def test_dataset_turns_every_broken_image_into_a_masked_placeholder(broken_catal
     }
 
 
-def test_dataset_warns_once_per_id(broken_catalogue, caplog) -> None:
+def test_dataset_logs_broken_images_at_debug_level_only(broken_catalogue, caplog) -> None:
+    """Runs report broken images once, up front (aisle.data.image_report); the dataset, read every epoch and in
+    every worker process, must not repeat them as warnings."""
     ds = ProductDataset(load_products(broken_catalogue.csv, DataConfig()), image_transform=EVAL_TF)
-    with caplog.at_level(logging.WARNING, logger="aisle"):
+    with caplog.at_level(logging.DEBUG, logger="aisle"):
         for _ in range(3):
-            ds[1]
-    assert sum("product missing:" in r.getMessage() for r in caplog.records) == 1
+            for i in range(len(ds)):
+                ds[i]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sum("product missing:" in r.getMessage() for r in caplog.records) == 3  # at DEBUG, for who looks
 
 
 def test_dataloader_runs_through_broken_images(broken_catalogue) -> None:

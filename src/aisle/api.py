@@ -61,26 +61,45 @@ class Classifier:
             raise ValueError("this Classifier is not fitted: call fit(df) or Classifier.load(path) first")
         return self.run_dir
 
-    def _predict(self, df: pd.DataFrame, image_dir: str | Path | None, tta: list[str] | None) -> Prediction:
-        return predict(self._require_fitted(), df, tta=tta, image_dir=image_dir)
+    def _predict(
+        self, df: pd.DataFrame, image_dir: str | Path | None, tta: list[str] | None, **allow: bool
+    ) -> Prediction:
+        unknown = sorted(set(allow) - {"allow_missing_text", "allow_missing_images"})
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; use allow_missing_text / allow_missing_images")
+        return predict(
+            self._require_fitted(),
+            df,
+            tta=tta,
+            image_dir=image_dir,
+            allow_missing_text=allow.get("allow_missing_text", False),
+            allow_missing_images=allow.get("allow_missing_images", False),
+        )
 
     def predict_proba(
-        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None
+        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
     ) -> pd.DataFrame:
-        """Fold-averaged class probabilities: one row per input row (same index), one column per class."""
-        pred = self._predict(df, image_dir, tta)
+        """Fold-averaged class probabilities: one row per input row (same index), one column per class.
+
+        ``allow_missing_text=True`` / ``allow_missing_images=True`` predict even when ``df`` lacks a text column
+        the run was trained with / no row has an image (otherwise a ``ValueError`` says what is missing).
+        """
+        pred = self._predict(df, image_dir, tta, **allow)
         return pd.DataFrame(pred.probs, columns=list(pred.label_map.classes), index=df.index)
 
-    def predict(self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None) -> pd.Series:
-        """The most likely class per row (original label values), indexed like ``df``."""
-        pred = self._predict(df, image_dir, tta)
+    def predict(
+        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
+    ) -> pd.Series:
+        """The most likely class per row (original label values), indexed like ``df``; ``allow``: as in
+        :meth:`predict_proba`."""
+        pred = self._predict(df, image_dir, tta, **allow)
         return pd.Series(pred.labels, index=df.index, name=pred.label_col)
 
     def evaluate(
-        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None
+        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
     ) -> dict[str, float]:
         """Accuracy, top-3, macro/weighted F1, macro precision/recall on a labelled DataFrame."""
-        pred = self._predict(df, image_dir, tta)
+        pred = self._predict(df, image_dir, tta, **allow)
         col = (
             pred.label_col
             if pred.label_col in df.columns

@@ -2,7 +2,8 @@
 
 ::
 
-    <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)
+    <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)  image_issues.csv
+         /.lock (while a process writes the run: see aisle.locking)
          /assets/  template.safetensors  cv_summary.json  predictions/  report.html
          /ensemble.json  members/<name>/ (an ensemble fitted on its members' out-of-fold predictions)
          /<stage>/cv_summary.json  oof.csv
@@ -90,6 +91,15 @@ class RunDir:
         return self.root / "config.yaml"
 
     @property
+    def lock(self) -> Path:
+        """Held by the one process writing the run (:func:`aisle.locking.hold_run_dir`); not part of the run."""
+        return self.root / ".lock"
+
+    def contents(self) -> list[Path]:
+        """What the folder holds, its lock file left out (empty when the folder does not exist)."""
+        return [p for p in self.root.iterdir() if p != self.lock] if self.root.is_dir() else []
+
+    @property
     def label_map(self) -> Path:
         return self.root / "label_map.json"
 
@@ -132,6 +142,11 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.root / "predictions"
+
+    @property
+    def image_issues(self) -> Path:
+        """Every unusable image of the run's products: ``id,path,reason`` (``aisle.data.image_report``)."""
+        return self.root / "image_issues.csv"
 
     @property
     def report(self) -> Path:

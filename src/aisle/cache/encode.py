@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -21,10 +22,13 @@ from aisle.data.products import Products
 from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.models.base import Tower
+from aisle.paths import require_writable
 
 __all__ = ["EncodeOptions", "encode_batch_size", "encode_products", "tower_features"]
 
 log = logging.getLogger(__name__)
+
+_CACHE = "feature cache (runtime.cache_dir)"
 
 
 def encode_batch_size(requested: int) -> int:
@@ -140,14 +144,20 @@ def tower_features(
     tkey = key or tower_key(tower, {"image_size": size} if image else None)
     t0 = time.perf_counter()
     if image:
-        items = image_item_keys(products.image_paths, opts.image_choice, opts.max_images)
+        items = image_item_keys(products.image_paths, opts.image_choice, opts.max_images, products.roots)
     else:
         items = text_item_keys(products.texts)
 
     def compute(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        require_writable(cache_dir, _CACHE)  # before encoding: what is encoded now must be stored
         return encode_products(tower, products.subset(positions), view, opts, size)
 
-    feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)
+    try:  # only new features need a writable cache: one that holds them all may be read-only
+        feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            require_writable(cache_dir, _CACHE)  # a message that names the folder and the setting
+        raise
     log.info(
         "%s features (%s view) for %d rows: %d computed, the rest from the cache (%.1f s)",
         tower.modality,

@@ -1,8 +1,9 @@
 """Cache keys: what a cached feature depends on, hashed.
 
 A tower's key covers its class, name, weights and preprocessing (image size/mean/std/interpolation, tokenizer
-vocabulary, max length, pooler); an item's key covers the bytes of the images it uses (or its text) and the
-multi-image settings. Change any of them and the entry is simply not found, so it is computed again.
+vocabulary, max length, pooler); an item's key covers the bytes of the images it uses (for an image the
+data-root fence refuses, the reason instead) or its text, and the multi-image settings. Change any of them and
+the entry is simply not found, so it is computed again.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from aisle.data.images import UNREADABLE, open_checked
 
 __all__ = ["file_digest", "image_item_keys", "text_item_keys", "tower_key", "weights_digest"]
 
@@ -56,27 +61,45 @@ def tower_key(tower: nn.Module, extra: dict[str, Any] | None = None) -> str:
     return _h(spec, weights_digest(tower))
 
 
-def file_digest(path: str | None) -> str:
-    """Content hash of a file ("missing" / "unreadable" when it cannot be read)."""
+def file_digest(path: str | None, roots: Sequence[Path]) -> str:
+    """Content hash of a file the fence accepts, else why it is refused (``outside_data_root``, ``missing``,
+    ``not_a_file``, ...; see ``aisle.data.images.file_problem``).
+
+    A refused file never reads as its bytes: its features are never computed from it, and a valid image with
+    the same bytes keeps a key of its own. Nothing but a regular file inside ``roots`` is opened.
+    """
     if path is None:
         return "none"
+    f, reason = open_checked(path, roots)
+    if f is None:
+        return reason or UNREADABLE
     try:
-        with open(path, "rb") as f:
-            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-    except FileNotFoundError:
-        return "missing"
+        with f:
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
     except OSError:
-        return "unreadable"
+        return UNREADABLE
 
 
 def image_item_keys(
-    image_paths: Sequence[tuple[str, ...]] | np.ndarray, mode: str, max_images: int, workers: int = 4
+    image_paths: Sequence[tuple[str, ...]] | np.ndarray,
+    mode: str,
+    max_images: int,
+    roots: Sequence[Path],
+    workers: int = 4,
 ) -> list[str]:
-    """One key per product from the bytes of the images it uses (``first``/``random`` use the first)."""
+    """One key per product from the bytes of the images it uses (``first``/``random`` use the first).
+
+    Args:
+        image_paths: per product, its image paths.
+        mode: ``first`` / ``random`` / ``mean_pool``.
+        max_images: images per product for ``mean_pool``.
+        roots: the data roots (``Products.roots``): a path outside them is keyed by the refusal, not its bytes.
+        workers: hashing threads.
+    """
     chosen = [tuple(p[:max_images]) if mode == "mean_pool" else tuple(p[:1]) for p in image_paths]
     flat = sorted({q for c in chosen for q in c})
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = dict(zip(flat, pool.map(file_digest, flat, chunksize=256)))
+        digests = dict(zip(flat, pool.map(partial(file_digest, roots=roots), flat, chunksize=256)))
     return [_h(mode, max_images, [digests[q] for q in c]) for c in chosen]
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from aisle.config import ConfigError, load_config
@@ -37,9 +38,24 @@ def _root(
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, err_console)
 
 
+# what a user can cause (bad config, data or paths, read-only folders, a folder in use): a message and exit 2, no
+# traceback. FileNotFoundError, FileExistsError, PermissionError and aisle.locking.FolderLocked are OSErrors.
+_USER_ERRORS = (ConfigError, ValueError, OSError)
+
+
 def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # messages quote [brackets] as is
     raise typer.Exit(code)
+
+
+def _writable(folder: Path, what: str) -> None:
+    """Fail now, before any work, when ``folder`` cannot be written."""
+    from aisle.paths import require_writable
+
+    try:
+        require_writable(folder, what)
+    except PermissionError as e:
+        _fail(str(e))
 
 
 def _progress() -> Progress:
@@ -59,15 +75,17 @@ def check(
     set_: SetOpt = None,
     data: Annotated[Path | None, typer.Option(help="Table to check instead of data.train_csv.")] = None,
     image_dir: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the table).")] = None,
-    rows: Annotated[int, typer.Option(help="Rows to sample for the table and contact sheet.")] = 16,
+    rows: Annotated[int, typer.Option(min=1, help="Rows to sample for the table and contact sheet.")] = 16,
     fast: Annotated[bool, typer.Option("--fast", help="Skip decoding every image.")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for the report, issues CSV and PNGs.")] = Path("check"),
-    workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 4,
 ) -> None:
     """Sanity-check a products table: columns, samples, class balance, missing and broken images."""
     from aisle.cli._render import render_check
     from aisle.evaluation.check import run_check
 
+    if out is not None:
+        _writable(out, "output folder (--out)")
     try:
         cfg = load_config(config, list(set_ or []))
         if image_dir is not None:
@@ -86,7 +104,7 @@ def check(
                 progress=lambda k: bar.advance(task, k),
                 on_total=lambda n: bar.update(task, total=n),
             )
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
     render_check(report, console)
 
@@ -110,6 +128,7 @@ def train(
     from aisle.cli._render import render_cv, render_ensemble
     from aisle.training import run_cv
 
+    _check_train_options(config, set_, run_dir, resume, overwrite, preset, models_dir)
     try:
         if preset is not None:
             from aisle.training.portfolio import run_portfolio
@@ -125,10 +144,33 @@ def train(
         else:
             cfg = load_config(config, list(set_ or []))
             summary = run_cv(cfg, run_dir=run_dir, overwrite=overwrite, folds=fold)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
     if summary:  # empty in the extra processes of a multi-process (DDP) run
         render_cv(summary, console)
+
+
+def _check_train_options(
+    config: Path | None,
+    set_: list[str] | None,
+    run_dir: Path | None,
+    resume: Path | None,
+    overwrite: bool,
+    preset: str | None,
+    models_dir: Path | None,
+) -> None:
+    """Refuse options that the chosen way of training would silently ignore."""
+    if resume is not None:
+        given = {"--config": config, "--set": set_, "--run-dir": run_dir, "--overwrite": overwrite}
+        ignored = [name for name, value in given.items() if value]
+        if ignored:
+            _fail(
+                f"--resume continues the run in {resume} with the config saved in it; {', '.join(ignored)} would be "
+                f"ignored. To train with other settings, start a new run: aisle train -c CONFIG --set KEY=VALUE "
+                f"--run-dir NEW_FOLDER (or --overwrite to replace a run)"
+            )
+    if models_dir is not None and preset is None:
+        _fail("--models-dir only applies with --preset; for one model, name local folders in the config (hf:/path)")
 
 
 @app.command()
@@ -140,15 +182,25 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
     fold: Annotated[list[int] | None, typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
     tta: Annotated[list[str] | None, typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,
-    scale: Annotated[list[int] | None, typer.Option("--scale", help="Image size to average over (repeatable).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per batch.")] = None,
+    scale: Annotated[
+        list[int] | None, typer.Option("--scale", min=8, help="Image size to average over (repeatable).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Rows per batch.")] = None,
     image_dir: Annotated[Path | None, typer.Option(help="Image folder (default: images/ beside the table).")] = None,
+    allow_missing_text: Annotated[
+        bool, typer.Option("--allow-missing-text", help="Go on when the table lacks text columns the run used.")
+    ] = False,
+    allow_missing_images: Annotated[
+        bool, typer.Option("--allow-missing-images", help="Go on when no row has an image and the model reads them.")
+    ] = False,
 ) -> None:
     """Predict with a run's fold models (averaged): writes submission.csv and probabilities.csv."""
     from aisle.inference import predict as run_predict
     from aisle.inference import write_outputs
     from aisle.rundir import RunDir
 
+    out = out or RunDir(run_dir).predictions
+    _writable(out, "output folder (--out)")
     try:
         with _progress() as bar:
             task = bar.add_task("predicting", total=None)
@@ -161,13 +213,15 @@ def predict(
                 batch_size=batch_size,
                 image_dir=image_dir,
                 progress=lambda k: bar.advance(task, k),
+                allow_missing_text=allow_missing_text,
+                allow_missing_images=allow_missing_images,
             )
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        files = write_outputs(pred, out)
+    except _USER_ERRORS as e:
         _fail(str(e))
-    files = write_outputs(pred, out or RunDir(run_dir).predictions)
     console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s)")
     for name, path in files.items():
-        console.print(f"wrote {name}: {path}")
+        console.print(f"wrote {name}: {path}", markup=False)
 
 
 @app.command()
@@ -183,12 +237,11 @@ def evaluate(
 
     try:
         ev = evaluate_files(probabilities, labels, out or probabilities.parent / "evaluation", label_col)
-    except (ValueError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
     render_evaluation(ev, console)
-    console.print(
-        f"wrote metrics, per-class report and confusion matrix to {out or probabilities.parent / 'evaluation'}"
-    )
+    where = out or probabilities.parent / "evaluation"
+    console.print(f"wrote metrics, per-class report and confusion matrix to {where}", markup=False)
 
 
 @app.command()
@@ -208,18 +261,21 @@ def ensemble(
     import numpy as np
 
     from aisle.inference.ensemble import ensemble_probabilities
+    from aisle.tables import write_table
 
+    _writable(out, "output folder (--out)")
     try:
         probs = ensemble_probabilities(inputs, weight)
-    except (ValueError, FileNotFoundError) as e:
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(probs, out / "probabilities.csv")
+        classes = [c for c in probs.columns if c != "id"]
+        best = np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]
+        write_table(probs[["id"]].assign(**{label_col: best}), out / "submission.csv")
+    except _USER_ERRORS as e:
         _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    probs.to_csv(out / "probabilities.csv", index=False)
-    classes = [c for c in probs.columns if c != "id"]
-    sub = probs[["id"]].assign(**{label_col: np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]})
-    sub.to_csv(out / "submission.csv", index=False)
     console.print(
-        f"ensembled {len(inputs)} files over {len(probs):,} rows; wrote {out}/submission.csv, {out}/probabilities.csv"
+        f"ensembled {len(inputs)} files over {len(probs):,} rows; wrote {out}/submission.csv, {out}/probabilities.csv",
+        markup=False,
     )
 
 
@@ -233,10 +289,10 @@ def _fit_ensemble(runs: list[Path], metric: str, out: Path) -> None:
         _fail(f"--metric {metric!r}: valid choices: log_loss, macro_f1")
     try:
         summary = fit_ensemble(runs, out, metric=cast(BlendMetric, metric))
-    except (ValueError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
     render_ensemble(summary["ensemble"], console)
-    console.print(f"wrote the ensemble to {out} (aisle predict {out} / aisle report {out})")
+    console.print(f"wrote the ensemble to {out} (aisle predict {out} / aisle report {out})", markup=False)
 
 
 @app.command()
@@ -251,7 +307,7 @@ def compare(
 
     try:
         df = compare_runs(run_dirs, out)
-    except (ValueError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
     t = Table(title=f"{len(df)} runs, best macro-F1 first")
     cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
@@ -259,31 +315,31 @@ def compare(
         t.add_column(c, justify="left" if c in ("run", "model", "fusion") else "right")
     for r in df[cols].itertuples(index=False):
         t.add_row(
-            cast(str, r.run),  # str columns (pandas-stubs: any scalar)
-            cast(str, r.model),
-            cast(str, r.fusion),
+            escape(cast(str, r.run)),  # str columns (pandas-stubs: any scalar)
+            escape(cast(str, r.model)),
+            escape(cast(str, r.fusion)),
             f"{r.params:,}",
             f"{r.train_seconds:.1f}",
             *(f"{getattr(r, m):.4f}" for m in METRICS),
         )
     console.print(t)
-    console.print(f"wrote {out}/comparison.csv, table.png, radar.png, params_vs_time.png, curves.png")
+    console.print(f"wrote {out}/comparison.csv, table.png, radar.png, params_vs_time.png, curves.png", markup=False)
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
     out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
-    errors: Annotated[int, typer.Option(help="Worst errors to show as pictures.")] = 24,
+    errors: Annotated[int, typer.Option(min=0, help="Worst errors to show as pictures.")] = 24,
 ) -> None:
     """One self-contained HTML page: config, CV metrics, curves, confusion matrix, per-class F1, worst errors."""
     from aisle.evaluation.report import write_report
 
     try:
         path = write_report(run_dir, out, errors)
-    except (ValueError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         _fail(str(e))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False)
 
 
 @app.command("demo-data")
@@ -292,17 +348,22 @@ def demo_data(
     n_train: Annotated[int, typer.Option(help="Training products.")] = 600,
     n_test: Annotated[int, typer.Option(help="Test products.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
 ) -> None:
     """Write the built-in synthetic product catalogue (image and text each carry part of the class)."""
     from aisle.data.demo import write_demo_catalogue
 
     if n_train < 1 or n_test < 0:
         _fail("--n-train must be >= 1 and --n-test >= 0")
-    summary = write_demo_catalogue(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    _writable(out, "output folder")
+    try:
+        summary = write_demo_catalogue(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
+    except _USER_ERRORS as e:
+        _fail(str(e))
     console.print(
         f"wrote {summary.n_train} train and {summary.n_test} test products, {len(summary.classes)} classes, "
-        f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}"
+        f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}",
+        markup=False,
     )
 
 

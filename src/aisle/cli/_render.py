@@ -1,37 +1,43 @@
-"""Rendering reports for the terminal (rich). Library code returns data; this file shows it."""
+"""Rendering reports for the terminal (rich). Library code returns data; this file shows it.
+
+Text from the user's data (paths, ids, class and column names, texts) goes through ``escape``: rich would read
+``[anything]`` in it as markup and drop it.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from aisle.evaluation.check import CheckReport
 
 
 def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25) -> None:
-    cols = report.columns
+    cols = {k: escape(str(v)) for k, v in report.columns.items()}
     console.print(
-        f"[bold]{report.source}[/]: {report.n_rows:,} rows · id=[cyan]{cols['id']}[/] "
+        f"[bold]{escape(str(report.source))}[/]: {report.n_rows:,} rows · id=[cyan]{cols['id']}[/] "
         f"label=[cyan]{cols['label']}[/] text={cols['text']} image column=[cyan]{cols['image']}[/]"
     )
     t = Table(title=f"{len(report.sample)} sampled rows", show_lines=False)
     for name in ("id", "label", "text", "images", "image found?", "size"):
         t.add_column(name, overflow="fold")
     for r in report.sample:
-        found = "[green]yes[/]" if r.image_ok else f"[red]no ({r.reason})[/]"
+        found = "[green]yes[/]" if r.image_ok else f"[red]no ({escape(str(r.reason))})[/]"
         size = f"{r.size[0]}x{r.size[1]}" if r.size else "-"
-        t.add_row(r.id, str(r.label), r.text, str(r.n_images), found, size)
+        t.add_row(escape(r.id), escape(str(r.label)), escape(r.text), str(r.n_images), found, size)
     console.print(t)
     _render_classes(report, console)
     if report.duplicate_ids:
-        console.print(f"[yellow]{len(report.duplicate_ids)} duplicate id(s): {', '.join(report.duplicate_ids[:10])}[/]")
+        shown = escape(", ".join(report.duplicate_ids[:10]))
+        console.print(f"[yellow]{len(report.duplicate_ids)} duplicate id(s): {shown}[/]")
     console.print(
         f"empty texts: {report.empty_texts:,} · products with at least one image file: "
         f"{report.products_with_images:,}/{report.n_rows:,}"
     )
     _render_image_issues(report, console, max_issue_rows)
     for name, path in report.files.items():
-        console.print(f"wrote {name}: {path}")
+        console.print(f"wrote {name}: {path}", markup=False)
 
 
 def _render_classes(report: CheckReport, console: Console) -> None:
@@ -47,7 +53,7 @@ def _render_classes(report: CheckReport, console: Console) -> None:
         total = sum(report.class_counts.values())
         shown = counts if len(counts) <= 16 else [*counts[:8], ("…", 0), *counts[-8:]]
         for name, n in shown:
-            ct.add_row(name, f"{n:,}" if n else "", f"{n / total:.1%}" if n else "")
+            ct.add_row(escape(name), f"{n:,}" if n else "", f"{n / total:.1%}" if n else "")
         console.print(ct)
     else:
         console.print("[yellow]no label column: unlabelled data[/]")
@@ -56,7 +62,7 @@ def _render_classes(report: CheckReport, console: Console) -> None:
     if report.rare_classes:
         console.print(
             f"[yellow]{len(report.rare_classes)} class(es) smaller than the fold count: "
-            f"{', '.join(report.rare_classes[:10])}[/] (see data.rare_classes)"
+            f"{escape(', '.join(report.rare_classes[:10]))}[/] (see data.rare_classes)"
         )
 
 
@@ -75,7 +81,7 @@ def _render_image_issues(report: CheckReport, console: Console, max_issue_rows: 
     it.add_column("reason")
     it.add_column("path", overflow="fold")
     for issue in report.image_issues[:max_issue_rows]:
-        it.add_row(issue.id, issue.reason, issue.path)
+        it.add_row(escape(issue.id), escape(issue.reason), escape(str(issue.path)))
     console.print(it)
     if len(report.image_issues) > max_issue_rows:
         console.print(f"… {len(report.image_issues) - max_issue_rows} more in the issues CSV")
@@ -83,7 +89,7 @@ def _render_image_issues(report: CheckReport, console: Console, max_issue_rows: 
 
 def render_cv(summary: dict, console: Console) -> None:
     t = Table(
-        title=f"CV summary: {summary['run_dir']} ({summary['model_type']}"
+        title=f"CV summary: {escape(summary['run_dir'])} ({summary['model_type']}"
         f"{', ' + summary['fusion'] if summary['model_type'] in ('fusion', 'dual') else ''})"
     )
     t.add_column("stage")
@@ -93,14 +99,14 @@ def render_cv(summary: dict, console: Console) -> None:
     for stage, s in summary["stages"].items():
         for fold, m in s["folds"].items():
             t.add_row(
-                stage,
+                escape(stage),
                 fold,
                 *(f"{m[k]:.4f}" for k in ("acc", "top3", "macro_f1")),
                 str(m["best_epoch"]),
                 f"{m['seconds']:.1f}",
             )
         t.add_row(
-            stage,
+            escape(stage),
             "mean ± std",
             *(f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in ("acc", "top3", "macro_f1")),
             "",
@@ -128,7 +134,11 @@ def render_evaluation(ev, console: Console, worst: int = 10) -> None:
         w.add_column(c, justify="left" if c == "class" else "right")
     for name, r in pc.iterrows():
         w.add_row(
-            str(name), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1-score']:.3f}", str(int(r["support"]))
+            escape(str(name)),
+            f"{r['precision']:.3f}",
+            f"{r['recall']:.3f}",
+            f"{r['f1-score']:.3f}",
+            str(int(r["support"])),
         )
     console.print(w)
 
@@ -139,6 +149,6 @@ def render_ensemble(spec: dict, console: Console) -> None:
     for name in ("member", "weight", "acc", "macro_f1"):
         t.add_column(name, justify="left" if name == "member" else "right")
     for m in spec["members"]:
-        t.add_row(m["name"], f"{m['weight']:.2f}", f"{m['oof']['acc']:.4f}", f"{m['oof']['macro_f1']:.4f}")
+        t.add_row(escape(m["name"]), f"{m['weight']:.2f}", f"{m['oof']['acc']:.4f}", f"{m['oof']['macro_f1']:.4f}")
     t.add_row("[bold]blend[/]", "", f"{spec['blend']['acc']:.4f}", f"[bold]{spec['blend']['macro_f1']:.4f}[/]")
     console.print(t)

@@ -15,6 +15,55 @@ from aisle.config.schema import _TEXT_TAGS, AisleConfig, ConfigError
 
 __all__ = ["apply_overrides", "config_to_dict", "load_config", "save_config", "validate_config"]
 
+# A config is a page of settings. The budgets stop hostile or broken files before they cost minutes: nested YAML
+# aliases ("billion laughs") expand to billions of values that validation walks one by one (fewer than 100 aliases
+# suffice, so the expanded size is counted too), and deep nesting makes PyYAML's scanner quadratic.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+MAX_YAML_VALUES = 1_000_000  # values (scalars and collections) with every alias expanded
+MAX_YAML_DEPTH = 64
+
+
+def _check_yaml_budget(text: str, source: str) -> None:
+    """Count aliases, nesting and the expanded size on YAML's event stream, before any value is built.
+
+    Raises:
+        ConfigError: over a budget (the message names ``source``).
+        yaml.YAMLError: not valid YAML.
+    """
+    expanded: dict[str, int] = {}  # anchor -> values under it, aliases expanded
+    open_: list[list[Any]] = []  # collections being read: [anchor, values so far]
+    aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_.append([event.anchor, 1])
+            if len(open_) > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels; a config is flatter")
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            n = expanded.get(event.anchor or "", 1)  # an alias inside its own anchor counts once
+        elif isinstance(event, yaml.CollectionEndEvent | yaml.ScalarEvent):
+            anchor, n = open_.pop() if isinstance(event, yaml.CollectionEndEvent) else (event.anchor, 1)
+            if anchor:
+                expanded[anchor] = n
+        else:
+            continue
+        if aliases > MAX_YAML_ALIASES or n > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{source} uses too many YAML aliases (*name): {aliases} so far, {n:,} values in one place once "
+                f"expanded; the budget is {MAX_YAML_ALIASES} aliases and {MAX_YAML_VALUES:,} expanded values: "
+                f"write the values out instead"
+            )
+        if open_:
+            open_[-1][1] += n
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` within the budgets above (:func:`_check_yaml_budget`)."""
+    _check_yaml_budget(text, source)
+    return yaml.safe_load(text)
+
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     """The config classes an annotation can hold (through Optional, unions, Annotated and lists)."""
@@ -96,7 +145,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _parse_yaml(raw, f"override {item!r}") if raw.strip() else ""
     except yaml.YAMLError as e:
         problem = typing.cast(yaml.MarkedYAMLError, e).problem  # safe_load's errors carry the problem text
         raise ConfigError(
@@ -136,12 +185,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist (see configs/ for examples)")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        loaded = _read_yaml_file(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(loaded).__name__}")
         raw, source = loaded, str(p)
@@ -149,6 +193,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = apply_overrides(raw, overrides)
         source += " + --set overrides"
     return validate_config(raw, source)
+
+
+def _read_yaml_file(p: Path) -> Any:
+    """The parsed YAML of a config file, with a message naming the file for every way it can be unreadable."""
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist (see configs/ for examples)")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); save it as UTF-8"
+        ) from None
+    try:
+        return _parse_yaml(text, f"config file {p}")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> AisleConfig:

@@ -26,6 +26,8 @@ class DataConfig(_Section):
 
     train_csv: str | None = None
     test_csv: str | None = None
+    sep: str | None = None  # the tables' delimiter; default: sniffed among , ; TAB | (TAB for .tsv)
+    encoding: str = "utf-8"  # the tables' text encoding, e.g. latin-1 or cp1252
     image_dir: str | None = None  # default: an ``images/`` folder beside the CSV, if there is one
     # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
     data_root: str | None = None

@@ -6,8 +6,9 @@ from aisle.data.images import ImageIssue, ImageProbe, build_image_index, open_im
 from aisle.data.labels import LabelMap, apply_rare_class_policy
 from aisle.data.prepare import TrainingData, load_source, load_training_data
 from aisle.data.products import Products, find_image_dir, load_products, products_from_frame, read_class_folder
-from aisle.data.schema import ProductSchema, build_texts, infer_schema, read_table
+from aisle.data.schema import ProductSchema, build_texts, infer_schema
 from aisle.data.transforms import build_image_transform, build_whitespace_text_transform
+from aisle.tables import read_table
 
 __all__ = [
     "ImageIssue",

@@ -82,8 +82,8 @@ class ProductDataset(Dataset):
         ``image_mask`` (bool tensor ``(K,)``: True where a real image was decoded); and whatever the
         text transform returns (e.g. ``input_ids``, ``attention_mask``).
 
-    Missing or broken images become placeholders with ``image_mask`` False, and a WARNING names the id
-    and reason (once per id per worker); callers count ``image_mask`` to report totals.
+    Missing or broken images become placeholders with ``image_mask`` False, logged at DEBUG level only: a
+    run reports them once, up front, in one summary line and a CSV (``aisle.data.image_report``).
 
     Args:
         products: the resolved products.
@@ -116,7 +116,6 @@ class ProductDataset(Dataset):
         self.reading = reading or ImageReading()
         self.train = train
         self.k = self.reading.max_images if self.reading.multi_image == "mean_pool" else 1
-        self._warned: set[str] = set()
         pre = precomputed or Precomputed()
         self.image_features, self.text_features, self.tokens = pre.image_features, pre.text_features, pre.tokens
         self.decoded = pre.decoded if pre.image_features is None else None
@@ -138,9 +137,8 @@ class ProductDataset(Dataset):
     def _load(self, pid: str, path: str | None, i: int):
         if self.decoded is not None:
             image = self.decoded.image(i)
-            if image is None and pid not in self._warned:
-                self._warned.add(pid)
-                log.warning("product %s: no usable image; using a placeholder", pid)
+            if image is None:
+                log.debug("product %s: no usable image; using a placeholder", pid)
             return image
         reason: str | None
         if path is None:
@@ -149,9 +147,8 @@ class ProductDataset(Dataset):
             # JPEGs decode at the smallest DCT scale still >= the working size: big photos decode several times faster
             draft = (self.reading.placeholder_size,) * 2 if self.reading.jpeg_draft else None
             image, reason = open_image(path, self.products.roots, self.reading.max_pixels, draft=draft)
-        if image is None and pid not in self._warned:
-            self._warned.add(pid)
-            log.warning("product %s: image %s unusable (%s); using a placeholder", pid, path or "<none>", reason)
+        if image is None:  # reported once per run by aisle.data.image_report; here at DEBUG level only
+            log.debug("product %s: image %s unusable (%s); using a placeholder", pid, path or "<none>", reason)
         return image
 
     def __getitem__(self, i: int) -> dict[str, object]:

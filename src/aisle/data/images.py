@@ -8,22 +8,27 @@ placeholder; nothing outside the data root is ever read.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
-import warnings
+import stat
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageIssue",
     "ImageProbe",
     "build_image_index",
+    "file_problem",
     "is_inside",
+    "open_checked",
     "open_image",
     "paths_from_column",
     "placeholder_image",
@@ -32,7 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# GIF, WebP and TIFF files may hold several frames: the first one is the product's image.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 # Reasons an image could not be used; each is counted and reported.
 MISSING = "missing"
@@ -42,6 +48,11 @@ NOT_IMAGE = "not_an_image"
 BOMB = "decompression_bomb"
 OUTSIDE_ROOT = "outside_data_root"
 UNREADABLE = "unreadable"
+NOT_A_FILE = "not_a_file"
+REASONS = (MISSING, EMPTY, TRUNCATED, NOT_IMAGE, BOMB, OUTSIDE_ROOT, UNREADABLE, NOT_A_FILE)
+
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})  # more than 8 bits per pixel
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,52 @@ def is_inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(resolved.is_relative_to(r) for r in roots)
 
 
+def file_problem(path: str | Path, roots: Sequence[Path]) -> str | None:
+    """Why a file may not be read, from the fence and ``stat`` alone (nothing is opened); None when it may.
+
+    Args:
+        path: the file.
+        roots: folders it must lie in (after resolving symlinks and ``..``); empty: no restriction.
+
+    Returns:
+        None, or ``outside_data_root`` / ``missing`` / ``unreadable`` / ``not_a_file`` (a FIFO, device or
+        folder: opening a FIFO would block forever) / ``empty_file``.
+    """
+    p = Path(path)
+    if roots and not is_inside(p, roots):
+        return OUTSIDE_ROOT
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return MISSING
+    except OSError:
+        return UNREADABLE
+    if not stat.S_ISREG(st.st_mode):
+        return NOT_A_FILE
+    return EMPTY if st.st_size == 0 else None
+
+
+def open_checked(path: str | Path, roots: Sequence[Path]) -> tuple[io.BufferedReader | None, str | None]:
+    """Open a file for reading only once the fence and ``stat`` accept it: (binary file, None) or (None, reason).
+
+    The file is opened non-blocking and checked again on the open descriptor, so a path swapped for a FIFO
+    between the check and the open fails as ``not_a_file`` instead of hanging.
+    """
+    reason = file_problem(path, roots)
+    if reason is not None:
+        return None, reason
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None, MISSING
+    except OSError:
+        return None, UNREADABLE
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, NOT_A_FILE
+    return os.fdopen(fd, "rb"), None
+
+
 @dataclass(frozen=True)
 class ImageProbe:
     """What opening one image found: its size, or why it cannot be used."""
@@ -132,31 +189,66 @@ class ImageProbe:
     size: tuple[int, int] | None = None
 
 
+_limit_lock = threading.Lock()
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let PIL open images up to ``max_pixels``: the limit is ours to apply (see ``_decode``), and PIL's own
+    guard (a warning above ``Image.MAX_IMAGE_PIXELS``, an error above twice that) must not refuse an image
+    under it. PIL reads the guard from a module global, so it is only ever raised, under a lock: lowering it
+    back could race with another thread's open."""
+    with _limit_lock:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16/32-bit or float greyscale image as 8-bit ``L``, scaled by its real range (PIL would clip it to 255)."""
+    a = np.asarray(im)
+    out: np.ndarray
+    if im.mode.startswith("I;16"):
+        out = a.astype(np.uint16) >> 8
+    elif im.mode == "I":  # 16-bit files open as "I" too: their range is 0..65535 unless the data says more
+        out = np.clip(a, 0, None).astype(np.float64) * (255 / max(65535, int(a.max(initial=0))))
+    else:  # "F": 0..1 is the usual float convention, else its own maximum
+        out = np.nan_to_num(np.clip(a, 0, None), nan=0.0) * (255 / max(1.0, float(np.nanmax(a, initial=0.0))))
+    return Image.fromarray(np.round(out).astype(np.uint8), "L")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """A loaded image as a new RGB image: EXIF orientation applied, wide greyscale scaled to 8 bits and
+    transparency composited on white (product photos are shot on white; black would invent a dark frame)."""
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # a malformed EXIF block must not lose a decodable image
+        log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+    if im.mode in _WIDE_MODES:
+        im = _to_8bit(im)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
 def _decode(
     path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tuple[int, int] | None
 ) -> tuple[Image.Image | None, str | None, tuple[int, int] | None]:
     """(RGB image or None, reason or None, size on disk or None)."""
-    p = Path(path)
-    if roots and not is_inside(p, roots):
-        return None, OUTSIDE_ROOT, None
+    f, reason = open_checked(path, roots)
+    if f is None:
+        return None, reason, None
+    _allow_pixels(max_pixels)
     try:
-        if p.stat().st_size == 0:
-            return None, EMPTY, None
-    except FileNotFoundError:
-        return None, MISSING, None
-    except OSError:
-        return None, UNREADABLE, None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                size = im.size
-                if im.width * im.height > max_pixels:
-                    return None, BOMB, size
-                if draft is not None:
-                    im.draft("RGB", draft)
-                im.load()
-                return im.convert("RGB"), None, size
+        with f, Image.open(f) as im:  # the first frame of an animated GIF/WebP or a multi-page TIFF
+            size = im.size
+            if im.width * im.height > max_pixels:
+                return None, BOMB, size
+            if draft is not None:
+                im.draft("RGB", draft)
+            im.load()
+            return _to_rgb(im), None, size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, BOMB, None
     except UnidentifiedImageError:
@@ -171,6 +263,10 @@ def open_image(
     path: str | Path, roots: Sequence[Path], max_pixels: int = 89_478_485, draft: tuple[int, int] | None = None
 ) -> tuple[Image.Image | None, str | None]:
     """Open and fully decode an image as RGB, or say why it cannot be used.
+
+    The EXIF orientation is applied, 16-bit and float greyscale are scaled to 8 bits by their range,
+    transparent pixels become white, and a multi-frame file gives its first frame. Nothing that is not a
+    regular file inside ``roots`` is opened.
 
     Args:
         path: the image file.

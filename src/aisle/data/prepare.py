@@ -69,9 +69,17 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
     """Load the training source, build the label map, apply the rare-class policy and assign folds.
 
     Raises:
-        ValueError: no labelled rows, or rare classes under ``rare_classes=error`` (message names them).
+        ValueError: duplicate ids, no labelled rows, fewer than two classes, or rare classes under
+            ``rare_classes=error`` (messages name them).
     """
     products = load_source(cfg, frame=frame, base_dir=base_dir)
+    dups = products.duplicate_ids()
+    if dups:
+        raise ValueError(
+            f"{products.source}: {len(dups)} id(s) appear on more than one row, e.g. {dups[:5]}; a training table "
+            f"needs one row per product (out-of-fold predictions, folds and reports are joined by id): drop or "
+            f"rename the duplicates"
+        )
     labels = pd.Series(products.labels, dtype=object)
     dropped: dict[str, str] = {}
     unlabelled = labels.isna().to_numpy()

@@ -19,7 +19,8 @@ from aisle.data.images import (
     is_inside,
     paths_from_column,
 )
-from aisle.data.schema import ProductSchema, build_texts, infer_schema, read_table
+from aisle.data.schema import ProductSchema, build_texts, infer_schema
+from aisle.tables import read_table
 
 __all__ = ["Products", "find_image_dir", "load_products", "products_from_frame", "read_class_folder"]
 
@@ -78,6 +79,30 @@ class Products:
         )
 
 
+def _as_text(v: object) -> str | None:
+    """A cell as the exact string in the file (None when empty); numbers from a DataFrame become their text."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, bytes):
+        return v.decode()
+    return str(v)
+
+
+def _ids(col: pd.Series, source: str) -> np.ndarray:
+    """Ids exactly as given; an empty (or blank) id is an error naming its lines."""
+    ids = np.array([_as_text(v) for v in col], dtype=object)
+    empty = np.array([v is None or not v.strip() for v in ids])
+    if empty.any():
+        rows = (np.flatnonzero(empty) + 2).tolist()[:10]  # +2: header line and 1-based lines
+        raise ValueError(f"{source}: {int(empty.sum())} row(s) have an empty id (CSV lines {rows}); fill or drop them")
+    return ids
+
+
+def _labels(col: pd.Series) -> np.ndarray:
+    """Labels exactly as given; an empty or blank cell is no label."""
+    return np.array([v if v is not None and v.strip() else None for v in map(_as_text, col)], dtype=object)
+
+
 def find_image_dir(table_path: Path) -> Path | None:
     """The conventional image folder beside a table: ``images/`` or ``<stem>_images/``."""
     for name in ("images", f"{table_path.stem}_images"):
@@ -109,19 +134,11 @@ def products_from_frame(
         ValueError: missing/empty ids or columns (the message names the rows or columns).
     """
     schema = infer_schema(df, cfg, source, require_label=require_label)
-    raw_ids = df[schema.id_col]
-    empty = raw_ids.isna() | (raw_ids.astype(str).str.strip() == "")
-    if empty.any():
-        rows = (np.flatnonzero(empty.to_numpy()) + 2).tolist()[:10]  # +2: header line and 1-based lines
-        raise ValueError(f"{source}: {int(empty.sum())} row(s) have an empty id (CSV lines {rows}); fill or drop them")
-    ids = raw_ids.astype(str).str.strip().to_numpy(dtype=object)
+    if len(df) == 0:
+        raise ValueError(f"{source}: the table has a header but no rows; nothing to read")
+    ids = _ids(df[schema.id_col], source)
     texts = build_texts(df, schema, cfg.text_sep)
-
-    labels = None
-    if schema.label_col is not None:
-        labels = np.array(
-            [None if pd.isna(v) else (str(v).strip() or None) for v in df[schema.label_col]], dtype=object
-        )
+    labels = None if schema.label_col is None else _labels(df[schema.label_col])
 
     base = Path(base_dir).resolve()
     roots: list[Path] = [base]
@@ -157,10 +174,16 @@ def products_from_frame(
     return Products(ids, texts, labels, image_paths, schema, source, tuple(roots), refused, frame=df)
 
 
-def load_products(path: str | Path, cfg: DataConfig, require_label: bool = False) -> Products:
-    """Read a products CSV/parquet and resolve it (image folder: ``data.image_dir`` or the one beside it)."""
+def load_products(
+    path: str | Path, cfg: DataConfig, require_label: bool = False, frame: pd.DataFrame | None = None
+) -> Products:
+    """Read a products CSV/parquet and resolve it (image folder: ``data.image_dir`` or the one beside it).
+
+    Args:
+        frame: the table already read from ``path`` (not read again).
+    """
     p = Path(path)
-    df = read_table(p)
+    df = frame if frame is not None else read_table(p, cfg.sep, cfg.encoding)
     image_dir: Path | None = Path(cfg.image_dir) if cfg.image_dir else find_image_dir(p)
     if cfg.image_dir and image_dir is not None and not image_dir.is_dir():
         raise FileNotFoundError(f"data.image_dir {image_dir} does not exist")

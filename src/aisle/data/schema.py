@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from aisle.config import DataConfig
 
-__all__ = ["ProductSchema", "build_texts", "infer_schema", "read_table"]
+__all__ = ["ProductSchema", "build_texts", "infer_schema"]
 
 _LABEL_CANDIDATES = ("categories", "label")
 _TEXT_CANDIDATES = (("title", "description"), ("text",))
@@ -27,29 +26,6 @@ class ProductSchema:
     image_col: str | None
     text_prefixes: dict[str, str] = field(default_factory=dict)
     attribute_cols: tuple[str, ...] = ()  # structured columns rendered into the text as "name: value"
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or parquet products table; ids and text stay strings.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be parsed or has an unknown extension.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"products table {p} does not exist")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(
-                p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""]
-            )
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(p)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
-        raise ValueError(f"could not read products table {p}: {e}") from e
-    raise ValueError(f"products table {p}: unknown extension {suffix!r}; use .csv, .tsv or .parquet")
 
 
 def _require(df: pd.DataFrame, col: str, what: str, source: str) -> str:

@@ -12,6 +12,7 @@ from aisle.config import load_config
 from aisle.evaluation.plotting import pyplot
 from aisle.rundir import RunDir
 from aisle.serialization import read_json
+from aisle.tables import read_numeric_table, write_table
 
 __all__ = ["METRICS", "compare_runs", "plot_curves", "run_history", "run_row"]
 
@@ -49,7 +50,7 @@ def run_history(run_dir: str | Path) -> pd.DataFrame:
     s = read_json(rd.summary)
     frames, offset = [], 0
     for stage in s["stages"]:
-        hs = [pd.read_csv(p) for p in rd.histories(stage)]
+        hs = [read_numeric_table(p, (), finite=False) for p in rd.histories(stage)]
         if not hs:
             continue
         h = pd.concat(hs).groupby("epoch", as_index=False).mean(numeric_only=True)
@@ -146,7 +147,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> pd.Data
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame([run_row(r) for r in run_dirs]).sort_values("macro_f1", ascending=False, ignore_index=True)
-    df.to_csv(out / "comparison.csv", index=False)
+    write_table(df, out / "comparison.csv")
     _radar(df, out / "radar.png")
     _scatter(df, out / "params_vs_time.png")
     plot_curves({Path(r).name: run_history(r) for r in run_dirs}, out / "curves.png")

@@ -13,6 +13,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from aisle.evaluation.metrics import classification_metrics
 from aisle.evaluation.plotting import pyplot
 from aisle.serialization import write_json
+from aisle.tables import read_numeric_table, read_table
 
 __all__ = ["Evaluation", "evaluate_files", "evaluate_probs", "plot_confusion"]
 
@@ -31,6 +32,11 @@ def evaluate_probs(y_true: list | np.ndarray, probs: np.ndarray, classes: list[s
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index.get(str(v), -1) if v is not None and not pd.isna(v) else -1 for v in y_true])
     keep = y >= 0
+    if not keep.any():
+        raise ValueError(
+            f"none of the {len(y)} rows has a label among the {len(classes)} predicted classes (e.g. "
+            f"{classes[:3]}): nothing to score; check the label file and its label column (--label-col)"
+        )
     metrics = classification_metrics(y, probs)
     pred = probs.argmax(1)
     labels = np.arange(len(classes))
@@ -96,8 +102,8 @@ def evaluate_files(
     Raises:
         ValueError: no id column, no label column, or ids that do not match at all.
     """
-    probs = pd.read_csv(probabilities, dtype={"id": str})
-    truth = pd.read_csv(labels, dtype=str, keep_default_na=False, na_values=[""])
+    probs = read_numeric_table(probabilities, ("id",))
+    truth = read_table(labels)
     if "id" not in probs.columns or "id" not in truth.columns:
         raise ValueError(f"both {probabilities} and {labels} need an 'id' column")
     col = label_col or next((c for c in ("categories", "label") if c in truth.columns), None)

@@ -19,6 +19,7 @@ from aisle.evaluation.evaluate import evaluate_probs, plot_confusion
 from aisle.evaluation.plotting import pyplot
 from aisle.rundir import RunDir
 from aisle.serialization import read_json
+from aisle.tables import read_numeric_table
 
 __all__ = ["write_report"]
 
@@ -92,7 +93,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     rd = run.root
     summary = read_json(run.summary)
     cfg = load_config(run.config)
-    oof = pd.read_csv(run.stage_oof(summary["stage"]), dtype={"id": str, "label": str, "pred": str})
+    oof = read_numeric_table(run.stage_oof(summary["stage"]))
     classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
     probs = oof[classes].to_numpy()
     ev = evaluate_probs(oof["label"].tolist(), probs, classes)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aisle.tables import read_numeric_table
+
 __all__ = ["ensemble_probabilities"]
 
 
@@ -25,7 +27,7 @@ def ensemble_probabilities(files: Sequence[str | Path], weights: Sequence[float]
         raise ValueError(f"{len(w)} weights for {len(files)} files")
     if np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be >= 0 and not all zero, got {list(w)}")
-    frames = [pd.read_csv(f, dtype={"id": str}) for f in files]
+    frames = [read_numeric_table(f, ("id",)) for f in files]
     first = frames[0]
     classes = [c for c in first.columns if c != "id"]
     for f, df in zip(files[1:], frames[1:]):

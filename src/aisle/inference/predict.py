@@ -14,15 +14,19 @@ import torch
 
 from aisle.config import AisleConfig, load_config
 from aisle.data.dataset import Precomputed
+from aisle.data.image_report import report_image_issues, write_image_issues
+from aisle.data.images import ImageIssue
 from aisle.data.labels import LabelMap
 from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
-from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
+from aisle.data.products import Products
 from aisle.data.tta import TTA_POLICIES
 from aisle.evaluation.calibration import rescale_probs
+from aisle.inference.inputs import check_images, check_rows, read_products
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, loader_inputs, use_channels_last
 from aisle.rundir import RunDir
 from aisle.serialization import excluded_prefixes, load_checkpoint, read_json
+from aisle.tables import require_finite, write_table
 
 __all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
 
@@ -40,6 +44,7 @@ class Prediction:
         label_map: class names.
         label_col: the label column name for the submission file.
         unseen_labels: labels in the input the run never saw (when the input is labelled).
+        image_issues: every unusable image among the rows (None: the model reads no images).
     """
 
     ids: np.ndarray
@@ -48,6 +53,7 @@ class Prediction:
     label_map: LabelMap
     label_col: str
     unseen_labels: dict[str, int] = field(default_factory=dict)
+    image_issues: list[ImageIssue] | None = None
 
     @property
     def labels(self) -> list:
@@ -202,6 +208,8 @@ def predict(
     image_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     feature_cache: bool | None = None,
+    allow_missing_text: bool = False,
+    allow_missing_images: bool = False,
 ) -> Prediction:
     """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
 
@@ -218,24 +226,32 @@ def predict(
         progress: called with the number of rows done (per fold and scale).
         feature_cache: encode towers that training never changed once for all folds, through the feature
             cache (default: the run's ``runtime.feature_cache``); False re-encodes per fold.
+        allow_missing_text: predict even when the table lacks text columns the run was trained with.
+        allow_missing_images: predict even when no row has an image and the model reads images.
 
     Raises:
-        ValueError: no ``data`` and the run's config has no ``data.test_csv``.
+        ValueError: no ``data`` and the run's config has no ``data.test_csv``; a text column the run was trained
+            with is absent; no row has an image; the model's probabilities are not finite.
     """
     rd = RunDir(run_dir)
+    allow = {"allow_missing_text": allow_missing_text, "allow_missing_images": allow_missing_images}
     if rd.is_ensemble():
-        return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache)
+        return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow)
     cfg, label_map, models = load_fold_models(rd.root, folds)
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
-    products = _read_products(rd, cfg, data, image_dir)
+    products = read_products(rd, cfg, data, image_dir, allow_missing_text)
+    issues = None
+    if next(iter(models.values())).image_encoder is not None:
+        check_images(products, allow_missing_images)
+        issues = report_image_issues(products, cfg.data, False, cfg.runtime.cache_dir)  # one line, once
     if cfg.runtime.num_workers and len(products) < 256:  # worker start-up costs more than it saves
         cfg.runtime.num_workers = 0
     tta = cfg.infer.tta if tta is None else tta
     scales = cfg.infer.scales if scales is None else scales
     for name in tta:
         TTA_POLICIES.get(name)  # unknown names fail before any work
-    unseen = _check_rows(products, label_map)
+    unseen = check_rows(products, label_map)
     bs = batch_size or cfg.runtime.batch_size_infer
     shared = _shared_features(rd, models, products, cfg, tta, scales, bs)
     rows, tokens, order = products, None, None
@@ -252,13 +268,14 @@ def predict(
         inverse = np.argsort(order)
         fold_probs = {k: p[inverse] for k, p in fold_probs.items()}
     probs = np.mean(np.stack(list(fold_probs.values())), axis=0)
+    require_finite(probs, products.ids, f"predictions of {rd.root}")
     trained_col = read_json(rd.schema).get("label_col") if rd.schema.is_file() else None
     label_col = trained_col or products.schema.label_col or "label"
-    return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen)
+    return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen, issues)
 
 
 def _predict_ensemble(
-    rd: RunDir, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache
+    rd: RunDir, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow: dict
 ) -> Prediction:
     """The weighted average of an ensemble's members' predictions (members of weight 0 are not run)."""
     spec = read_json(rd.ensemble)
@@ -268,7 +285,7 @@ def _predict_ensemble(
             run = Path(m["run"]) if Path(m["run"]).is_absolute() else rd.root / m["run"]
             if data is None and not run.is_dir():
                 raise FileNotFoundError(f"{rd.ensemble}: member {m['name']!r} ({run}) is gone")
-            pred = predict(run, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache)
+            pred = predict(run, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, **allow)
             s = float(m.get("scale", 1.0))  # the member's calibration, fitted with the weights
             pred.probs = rescale_probs(pred.probs, s)
             pred.fold_probs = {k: rescale_probs(p, s) for k, p in pred.fold_probs.items()}
@@ -281,58 +298,23 @@ def _predict_ensemble(
     probs = np.asarray(sum(w * p.probs for w, p in preds)) + prior
     shared = set.intersection(*(set(p.fold_probs) for _, p in preds))
     fold_probs = {k: np.asarray(sum(w * p.fold_probs[k] for w, p in preds)) + prior for k in sorted(shared)}
-    return Prediction(first.ids, np.asarray(probs), fold_probs, first.label_map, first.label_col, first.unseen_labels)
-
-
-def _read_products(
-    rd: RunDir, cfg: AisleConfig, data: str | Path | pd.DataFrame | None, image_dir: str | Path | None
-) -> Products:
-    """The rows to predict: ``data`` (a table or a DataFrame), else the run's ``data.test_csv``."""
-    if data is None:
-        if not cfg.data.test_csv:
-            raise ValueError(
-                f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
-                f"run's config ({rd.config})"
-            )
-        data = cfg.data.test_csv
-    data_cfg = cfg.data.model_copy(update={"image_dir": str(image_dir) if image_dir else None})
-    if isinstance(data, pd.DataFrame):
-        root = Path(image_dir).parent if image_dir else Path(".")
-        return products_from_frame(
-            data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source="DataFrame"
-        )
-    return load_products(data, data_cfg)
-
-
-def _check_rows(products: Products, label_map: LabelMap) -> dict[str, int]:
-    """Warn about duplicate ids and labels the run never saw; return those labels with their row counts."""
-    dups = products.duplicate_ids()
-    if dups:
-        log.warning(
-            "%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source, len(dups), dups[:10]
-        )
-    if products.labels is None:
-        return {}
-    _, counter = label_map.encode(products.labels)
-    unseen = dict(counter)
-    if unseen:
-        log.warning(
-            "%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
-            products.source,
-            len(unseen),
-            sum(unseen.values()),
-            list(unseen)[:10],
-        )
-    return unseen
+    issues = next((p.image_issues for _, p in preds if p.image_issues is not None), None)
+    return Prediction(
+        first.ids, np.asarray(probs), fold_probs, first.label_map, first.label_col, first.unseen_labels, issues
+    )
 
 
 def write_outputs(pred: Prediction, out_dir: str | Path) -> dict[str, Path]:
-    """``submission.csv`` (``id,<label column>``, original class names) and ``probabilities.csv``."""
+    """``submission.csv`` (``id,<label column>``, original class names), ``probabilities.csv`` and, for a model
+    that reads images, ``image_issues.csv`` (``id,path,reason``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sub = pd.DataFrame({"id": pred.ids, pred.label_col: pred.labels})
-    sub.to_csv(out / "submission.csv", index=False)
+    write_table(sub, out / "submission.csv")
     probs = pd.DataFrame(pred.probs, columns=list(pred.label_map.classes))
     probs.insert(0, "id", pred.ids)
-    probs.to_csv(out / "probabilities.csv", index=False)
-    return {"submission": out / "submission.csv", "probabilities": out / "probabilities.csv"}
+    write_table(probs, out / "probabilities.csv")
+    files = {"submission": out / "submission.csv", "probabilities": out / "probabilities.csv"}
+    if pred.image_issues is not None:
+        files["image_issues"] = write_image_issues(pred.image_issues, out / "image_issues.csv")
+    return files

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,9 @@ from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
-from aisle.models.image_towers import IMAGE_TOWERS
+from aisle.models.image_towers import IMAGE_TOWERS, check_timm_name
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
-from aisle.models.text_towers import TEXT_TOWERS
+from aisle.models.text_towers import TEXT_TOWERS, check_hf_name
 from aisle.models.tfidf import TfidfLinearTower  # noqa: F401  (registers tfidf:)
 
 __all__ = [
@@ -53,8 +53,13 @@ def _need(tc: TowerConfig, what: str) -> str:
     return tc.name
 
 
+# what can be checked of a tower's name without building it (timm's model list, a folder on disk)
+_NAME_CHECKS: dict[str, Callable[[str], None]] = {"timm": check_timm_name, "hf": check_hf_name}
+
+
 def check_tower_names(mcfg: ModelConfig) -> None:
-    """Every tower the model type has is named, with a prefix its registry knows (call before reading data).
+    """Every tower the model type has is named, with a prefix its registry knows and a model its library or folder
+    has (call before reading data or writing a run folder).
 
     Raises:
         ValueError: names the key (``model.<section>.name``), the bad value and the valid prefixes.
@@ -63,7 +68,10 @@ def check_tower_names(mcfg: ModelConfig) -> None:
         if not name:
             raise ValueError(f"model.{section}.name is not set (e.g. {_EXAMPLES[section]})")
         try:
-            parse_tower_name(name, _prefixes(section))
+            prefix, model = parse_tower_name(name, _prefixes(section))
+            check = _NAME_CHECKS.get(prefix)
+            if check is not None:
+                check(model)
         except ValueError as e:
             raise ValueError(f"model.{section}.name: {e}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,9 +14,40 @@ from torch import nn
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
 from aisle.registry import Registry
 
-__all__ = ["IMAGE_TOWERS", "TimmImageTower"]
+__all__ = ["IMAGE_TOWERS", "TimmImageTower", "check_timm_name"]
 
 IMAGE_TOWERS: Registry = Registry("image tower")
+
+_TIMM_FIX = (
+    "use a name from timm.list_models() (e.g. timm:resnet18, timm:convnext_tiny.fb_in22k), or "
+    "timm:local-dir:/path/to/folder for weights saved in a folder (config.json + model.safetensors)"
+)
+
+
+def check_timm_name(name: str) -> None:
+    """Raise ``ValueError`` unless timm can build ``name`` (the part after ``timm:``), without building it.
+
+    Registry names and their pretrained tags are checked against timm's lists, ``local-dir:`` folders for their
+    ``config.json``; ``hf-hub:`` names cannot be checked offline and are left to the download.
+    """
+    try:
+        source, model = timm.models.parse_model_name(name)
+    except ValueError as e:
+        raise ValueError(f"timm:{name}: {e}") from None
+    if source == "local-dir":
+        if not (Path(model).expanduser() / "config.json").is_file():
+            raise ValueError(f"timm:{name}: {model} is not a folder with a timm config.json; {_TIMM_FIX}")
+        return
+    if source is not None:
+        return
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=3)
+        hint = f" (closest: {', '.join(f'timm:{c}' for c in close)})" if close else ""
+        raise ValueError(f"timm has no model {model!r}{hint}; {_TIMM_FIX}")
+    arch, _, tag = model.partition(".")
+    if tag and not timm.list_pretrained(model):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+        raise ValueError(f"timm model {arch!r} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'}")
 
 
 @IMAGE_TOWERS.register("timm")

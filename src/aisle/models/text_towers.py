@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig
 
@@ -14,9 +16,33 @@ from aisle.models.base import Tower, masked_mean
 from aisle.models.tokenizer import train_word_tokenizer
 from aisle.registry import Registry
 
-__all__ = ["TEXT_TOWERS", "HFTextTower", "tiny_bert_tower"]
+__all__ = ["TEXT_TOWERS", "HFTextTower", "check_hf_name", "tiny_bert_tower"]
 
 TEXT_TOWERS: Registry = Registry("text tower")
+
+_HF_FIX = "for weights on this machine name their folder: hf:/path/to/folder (what save_pretrained wrote)"
+
+
+def check_hf_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` (after ``hf:``) is a model folder, or a hub id that is cached or may
+    still be downloaded (whether the hub has it is only known when it is downloaded).
+    """
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"hf:{name}: the folder has no config.json; {_HF_FIX}")
+        return
+    if folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ValueError(f"hf:{name}: no such folder; {_HF_FIX}")
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        raise ValueError(f"hf:{name} is neither a folder nor a Hugging Face hub id; {_HF_FIX}") from None
+    if is_offline_mode() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ValueError(
+            f"hf:{name} is not a folder and not in the Hugging Face cache, and the hub is off (HF_HUB_OFFLINE); "
+            f"{_HF_FIX}"
+        )
 
 
 @TEXT_TOWERS.register("hf")
@@ -56,12 +82,15 @@ class HFTextTower(Tower):
             self.model = AutoModel.from_config(config)
             self.tokenizer = tokenizer
         else:
-            self.model = (
-                AutoModel.from_pretrained(name)
-                if pretrained
-                else AutoModel.from_config(AutoConfig.from_pretrained(name))
-            )
-            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+            try:
+                self.model = (
+                    AutoModel.from_pretrained(name)
+                    if pretrained
+                    else AutoModel.from_config(AutoConfig.from_pretrained(name))
+                )
+                self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+            except OSError as e:  # not on the hub, or the hub cannot be reached
+                raise ValueError(f"text tower hf:{name} could not be loaded ({e}); {_HF_FIX}") from e
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused (we pool ourselves); would get no gradient
         self.output_dim = int(self.model.config.hidden_size)

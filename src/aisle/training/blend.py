@@ -23,8 +23,10 @@ import pandas as pd
 from aisle.data.labels import LabelMap
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
 from aisle.evaluation.metrics import classification_metrics
+from aisle.locking import hold_run_dir
 from aisle.rundir import ENSEMBLE_STAGE, RunDir
 from aisle.serialization import read_json, write_json
+from aisle.tables import read_numeric_table, write_table
 
 __all__ = [
     "BlendMetric",
@@ -149,8 +151,8 @@ def read_member(run: str | Path, name: str | None = None) -> Member:
     """
     rd = RunDir(run).require_finished()
     stage = read_json(rd.summary)["stage"]
-    oof = pd.read_csv(rd.stage_oof(stage), dtype={"id": str, "label": str, "pred": str}, keep_default_na=False)
-    folds = pd.read_csv(rd.folds, dtype={"id": str}, keep_default_na=False)
+    oof = read_numeric_table(rd.stage_oof(stage))
+    folds = read_numeric_table(rd.folds)
     if len(oof) != len(folds):
         raise ValueError(
             f"{rd.root}: out-of-fold predictions for {len(oof)} of {len(folds)} rows; an ensemble "
@@ -205,13 +207,14 @@ def fit_ensemble(
     label_maps = [LabelMap.load(m.rd.label_map) for m in members]
     _check_same_rows(members, label_maps)
     first, lm = members[0], label_maps[0]
-    oof = pd.read_csv(first.rd.stage_oof(read_json(first.rd.summary)["stage"]), dtype=str, keep_default_na=False)
-    y, _ = lm.encode(oof.set_index("id").loc[first.ids, "label"])
-    for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
-        m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
-    calibrated = [rescale_probs(m.probs, m.scale) for m in members]
-    weights = ensemble_weights(calibrated, y, metric, rounds)
-    return _write(RunDir(out), members, weights, _blend(calibrated, weights), y, lm, metric)
+    with hold_run_dir(RunDir(out)) as ens:  # one writer per ensemble folder
+        oof = read_numeric_table(first.rd.stage_oof(read_json(first.rd.summary)["stage"]))
+        y, _ = lm.encode(oof.set_index("id").loc[first.ids, "label"])
+        for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
+            m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
+        calibrated = [rescale_probs(m.probs, m.scale) for m in members]
+        weights = ensemble_weights(calibrated, y, metric, rounds)
+        return _write(ens, members, weights, _blend(calibrated, weights), y, lm, metric)
 
 
 def _write(
@@ -235,7 +238,7 @@ def _write(
     oof.insert(2, "label", lm.decode(y))
     oof.insert(3, "pred", lm.decode(blend.argmax(1)))
     ens.stage(ENSEMBLE_STAGE).mkdir(exist_ok=True)
-    oof.to_csv(ens.stage_oof(ENSEMBLE_STAGE), index=False)
+    write_table(oof, ens.stage_oof(ENSEMBLE_STAGE))
     spec = {
         "metric": metric,
         "uniform_weight": float(weights[-1]),

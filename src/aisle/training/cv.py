@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import shutil
 import statistics
 from pathlib import Path
@@ -12,14 +11,17 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
-from aisle.config import AisleConfig, load_config, save_config
+from aisle.config import MODEL_TOWERS, AisleConfig, load_config, save_config
 from aisle.data.dataset import Precomputed
+from aisle.data.image_report import report_image_issues
 from aisle.data.loaders import pretokenize
 from aisle.data.prepare import TrainingData, load_training_data
+from aisle.locking import hold_run_dir, is_rank_zero
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import check_tower_names, create_classifier, has_model_assets, save_model_assets
 from aisle.rundir import RunDir
 from aisle.serialization import load_weights, save_weights, write_json
+from aisle.tables import read_numeric_table, write_table
 from aisle.training.fold import FoldResult, RunContext, finished_fold, fit_fold, param_counts
 from aisle.training.linear import fit_linear_fold, is_fitted_model
 
@@ -44,20 +46,23 @@ def _summarise(results: list[FoldResult], stage: str, params: dict[str, int]) ->
     }
 
 
-def is_rank_zero() -> bool:
-    """False in the extra processes Lightning's DDP launcher starts (they re-run the same command)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
 def prepare_run_dir(cfg: AisleConfig, rd: RunDir, overwrite: bool) -> None:
-    """An empty run folder holding the resolved config (an existing one only with ``overwrite``)."""
-    if rd.root.exists() and any(rd.root.iterdir()):
+    """An empty run folder holding the resolved config (an existing one only with ``overwrite``).
+
+    Call it holding the folder's lock (:func:`aisle.locking.hold_run_dir`): the lock file is kept.
+    """
+    old = rd.contents()
+    if old:
         if not overwrite:
             raise FileExistsError(
                 f"run folder {rd.root} exists; continue it with `aisle train --resume {rd.root}` "
                 f"or start over with --overwrite"
             )
-        shutil.rmtree(rd.root)
+        for p in old:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     rd.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, rd.config)
 
@@ -93,42 +98,44 @@ def run_cv(
             raise FileNotFoundError(f"{rd.root} is not a run folder (no {rd.config.name}); nothing to resume")
         cfg = load_config(rd.config)
     check_tower_names(cfg.model)  # before any data is read or folder written
-    if lead and not resume:
-        cfg = _start_run_dir(cfg, rd, overwrite, frame, base_dir)
-    td = load_training_data(cfg.data, frame=frame if lead else None, base_dir=base_dir)
-    if lead:
-        _write_data_files(rd, td)
-    chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
-    unknown = sorted(set(chosen) - set(td.folds.tolist()))
-    if unknown:
-        raise ValueError(f"fold(s) {unknown} do not exist; folds are {sorted(set(td.folds.tolist()))}")
-    L.seed_everything(cfg.train.seed, verbose=False)
-    ctx = _context(cfg, td, rd, reuse=(resume or not lead) and has_model_assets(rd.assets))
-    summaries = {}
-    fit = fit_linear_fold if is_fitted_model(ctx.template) else fit_fold
-    for stage in rd.stages(cfg):
-        results = []
-        for k in chosen:
-            log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-            results.append(finished_fold(rd.fold(stage.name, k), stage, k) or fit(ctx, stage, k))
-            gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their persistent workers now
+    with hold_run_dir(rd):  # one writer per run folder, before --overwrite clears anything
+        if lead and not resume:
+            cfg = _start_run_dir(cfg, rd, overwrite, frame, base_dir)
+        td = load_training_data(cfg.data, frame=frame if lead else None, base_dir=base_dir)
+        if lead:
+            _write_data_files(rd, td)
+            _report_images(cfg, td, rd)
+        chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
+        unknown = sorted(set(chosen) - set(td.folds.tolist()))
+        if unknown:
+            raise ValueError(f"fold(s) {unknown} do not exist; folds are {sorted(set(td.folds.tolist()))}")
+        L.seed_everything(cfg.train.seed, verbose=False)
+        ctx = _context(cfg, td, rd, reuse=(resume or not lead) and has_model_assets(rd.assets))
+        summaries = {}
+        fit = fit_linear_fold if is_fitted_model(ctx.template) else fit_fold
+        for stage in rd.stages(cfg):
+            results = []
+            for k in chosen:
+                log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
+                results.append(finished_fold(rd.fold(stage.name, k), stage, k) or fit(ctx, stage, k))
+                gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their workers now
+            if not lead:
+                continue
+            oof = pd.concat([read_numeric_table(rd.fold(stage.name, k).oof) for k in chosen])
+            write_table(oof, rd.stage_oof(stage.name))
+            summaries[stage.name] = _summarise(results, stage.name, param_counts(ctx.template))
+            write_json(rd.stage_summary(stage.name), summaries[stage.name])
         if not lead:
-            continue
-        oof = pd.concat([pd.read_csv(rd.fold(stage.name, k).oof) for k in chosen])
-        oof.to_csv(rd.stage_oof(stage.name), index=False)
-        summaries[stage.name] = _summarise(results, stage.name, param_counts(ctx.template))
-        write_json(rd.stage_summary(stage.name), summaries[stage.name])
-    if not lead:
-        return {}
-    summary = {
-        **summaries[rd.final_stage(cfg)],
-        "run_dir": str(rd.root),
-        "model_type": cfg.model.type,
-        "fusion": cfg.model.fusion_kind,
-        "stages": summaries,
-    }
-    write_json(rd.summary, summary)
-    return summary
+            return {}
+        summary = {
+            **summaries[rd.final_stage(cfg)],
+            "run_dir": str(rd.root),
+            "model_type": cfg.model.type,
+            "fusion": cfg.model.fusion_kind,
+            "stages": summaries,
+        }
+        write_json(rd.summary, summary)
+        return summary
 
 
 def _start_run_dir(
@@ -141,7 +148,7 @@ def _start_run_dir(
             cfg.data.image_dir = str((Path(base_dir) / "images").resolve())
     prepare_run_dir(cfg, rd, overwrite)
     if frame is not None:
-        frame.to_csv(rd.train_data, index=False)
+        write_table(frame, rd.train_data)
         cfg.data.train_csv, cfg.data.class_folder = str(rd.train_data.resolve()), None
         cfg.data.data_root = str(Path(base_dir).resolve())  # relative image paths keep their root
         save_config(cfg, rd.config)
@@ -161,7 +168,13 @@ def _write_data_files(rd: RunDir, td: TrainingData) -> None:
             "image_col": sch.image_col,
         },
     )
-    pd.DataFrame({"id": td.products.ids, "fold": td.folds}).to_csv(rd.folds, index=False)
+    write_table(pd.DataFrame({"id": td.products.ids, "fold": td.folds}), rd.folds)
+
+
+def _report_images(cfg: AisleConfig, td: TrainingData, rd: RunDir) -> None:
+    """Once per run, before any fold: one summary line of the unusable images, and all of them in a CSV."""
+    if "image_encoder" in MODEL_TOWERS[cfg.model.type]:
+        report_image_issues(td.products, cfg.data, True, cfg.runtime.cache_dir, rd.image_issues)
 
 
 def _context(cfg: AisleConfig, td: TrainingData, rd: RunDir, reuse: bool) -> RunContext:

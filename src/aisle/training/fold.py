@@ -25,6 +25,7 @@ from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import loader_inputs, set_trainable, use_channels_last
 from aisle.rundir import FoldDir, RunDir
 from aisle.serialization import excluded_prefixes, load_weights, read_json, write_json
+from aisle.tables import read_numeric_table, require_finite, write_table
 from aisle.training.callbacks import EpochCheckpoint, ResumeState, seed_epoch
 from aisle.training.features import frozen_features
 from aisle.training.losses import LOSSES, class_weights
@@ -248,8 +249,8 @@ def _resume_point(fd: FoldDir, model: ProductClassifier, stage: str, fold: int) 
     last = read_json(fd.last_info)
     load_weights(model, fd.last)
     if fd.history.exists():  # drop rows of an epoch that was cut off after its row was written
-        h = pd.read_csv(fd.history)
-        h[h["epoch"] <= int(last["epoch"])].to_csv(fd.history, index=False)
+        h = read_numeric_table(fd.history, (), finite=False)
+        write_table(h[h["epoch"] <= int(last["epoch"])], fd.history)
     log.info("stage %s fold %d: resuming after epoch %d", stage, fold, int(last["epoch"]))
     return last
 
@@ -323,6 +324,7 @@ def fit_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResult:
 
 
 def write_oof(fd: FoldDir, td: TrainingData, idx: np.ndarray, fold: int, probs: np.ndarray) -> None:
+    require_finite(probs, td.products.ids[idx], f"fold {fold}'s out-of-fold predictions")
     df = pd.DataFrame(probs, columns=list(td.label_map.classes))
     df.insert(0, "id", td.products.ids[idx])
     df.insert(1, "fold", fold)
@@ -331,4 +333,4 @@ def write_oof(fd: FoldDir, td: TrainingData, idx: np.ndarray, fold: int, probs: 
         raise ValueError(f"{td.products.source}: training data without labels")
     df.insert(2, "label", labels[idx])
     df.insert(3, "pred", [td.label_map.classes[i] for i in probs.argmax(1)])
-    df.to_csv(fd.oof, index=False)
+    write_table(df, fd.oof)

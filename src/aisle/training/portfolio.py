@@ -17,6 +17,8 @@ from typing import Any
 
 from aisle.config import AisleConfig, config_to_dict, validate_config
 from aisle.data.prepare import load_source
+from aisle.locking import hold_run_dir
+from aisle.models.factory import check_tower_names
 from aisle.registry import Registry
 from aisle.rundir import RunDir
 from aisle.training.blend import fit_ensemble
@@ -120,17 +122,20 @@ def run_portfolio(
     members: list[Member] = PRESETS.create(preset, models_dir)
     rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
     configs = {m.name: m.config(cfg, rd) for m in members}  # every member's config is checked before any work
-    if overwrite or not rd.members.is_dir() or rd.is_ensemble():
-        prepare_run_dir(cfg, rd, overwrite)
     has_images = any(len(p) for p in load_source(cfg.data, require_label=True).image_paths)
     chosen = [m for m in members if has_images or not m.images]
     if len(chosen) < len(members):
         log.info("no product has an image: the preset leaves out %s", [m.name for m in members if m not in chosen])
-    runs = []
-    for m in chosen:
-        member_dir = RunDir(rd.members / m.name)
-        if not member_dir.is_finished():
-            log.info("preset %s: training member %s", preset, m.name)
-            run_cv(configs[m.name], member_dir.root, resume=member_dir.is_run(), overwrite=not member_dir.is_run())
-        runs.append(member_dir.root)
-    return fit_ensemble(runs, rd.root, metric="log_loss", names=[m.name for m in chosen])
+    for m in chosen:  # a tower name timm does not know, or a missing --models-dir folder, fails before any work
+        check_tower_names(configs[m.name].model)
+    with hold_run_dir(rd):  # one writer per portfolio folder (each member's run_cv also locks its own)
+        if overwrite or not rd.members.is_dir() or rd.is_ensemble():
+            prepare_run_dir(cfg, rd, overwrite)
+        runs = []
+        for m in chosen:
+            member_dir = RunDir(rd.members / m.name)
+            if not member_dir.is_finished():
+                log.info("preset %s: training member %s", preset, m.name)
+                run_cv(configs[m.name], member_dir.root, resume=member_dir.is_run(), overwrite=not member_dir.is_run())
+            runs.append(member_dir.root)
+        return fit_ensemble(runs, rd.root, metric="log_loss", names=[m.name for m in chosen])

@@ -1,0 +1,113 @@
+"""The rows a run predicts, checked against what the run was trained with: nothing it needs is silently absent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from aisle.config import AisleConfig
+from aisle.data.labels import LabelMap
+from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
+from aisle.rundir import RunDir
+from aisle.serialization import read_json
+from aisle.tables import read_table
+
+__all__ = ["check_images", "check_rows", "read_products"]
+
+log = logging.getLogger(__name__)
+
+
+def _columns(df: pd.DataFrame, trained: dict, allow_missing_text: bool, source: str) -> list[str] | None:
+    """The trained run's text columns that ``df`` has; an error names the absent ones unless allowed."""
+    wanted = list(trained.get("text_cols") or [])
+    if not wanted:
+        return None
+    absent = [c for c in wanted if c not in df.columns]
+    if absent and not allow_missing_text:
+        raise ValueError(
+            f"{source}: the run was trained on the text columns {wanted}, and this table has no {absent}; "
+            f"its columns are {list(map(str, df.columns))}. Add them (or rename yours), or pass "
+            f"--allow-missing-text (Python: allow_missing_text=True) to predict without them, at a cost in accuracy"
+        )
+    if absent:
+        log.warning("%s: no text column(s) %s, which the run was trained with; predicting without them", source, absent)
+    return [c for c in wanted if c in df.columns]
+
+
+def _trained_cfg(rd: RunDir, cfg: AisleConfig, df: pd.DataFrame, allow_missing_text: bool, source: str):
+    trained = read_json(rd.schema) if rd.schema.is_file() else {}
+    update: dict = {"text_cols": _columns(df, trained, allow_missing_text, source)}
+    attrs = [c for c in trained.get("attribute_cols") or [] if c in df.columns]
+    absent_attrs = sorted(set(trained.get("attribute_cols") or []) - set(attrs))
+    if absent_attrs and not allow_missing_text:
+        raise ValueError(
+            f"{source}: the run was trained with the attribute columns {absent_attrs}, which this table lacks; add "
+            f"them, or pass --allow-missing-text to predict without them"
+        )
+    update["attribute_cols"] = attrs or None
+    update["text_prefixes"] = {k: v for k, v in cfg.data.text_prefixes.items() if k in (update["text_cols"] or [])}
+    return cfg.data.model_copy(update=update)
+
+
+def read_products(
+    rd: RunDir,
+    cfg: AisleConfig,
+    data: str | Path | pd.DataFrame | None,
+    image_dir: str | Path | None,
+    allow_missing_text: bool = False,
+) -> Products:
+    """The rows to predict: ``data`` (a table or a DataFrame), else the run's ``data.test_csv``, read with the
+    text columns the run was trained on.
+
+    Raises:
+        ValueError: no data, or a text / attribute column the run was trained with is absent (unless allowed).
+    """
+    if data is None:
+        if not cfg.data.test_csv:
+            raise ValueError(
+                f"nothing to predict: pass the data (--data TABLE), or set data.test_csv in the "
+                f"run's config ({rd.config})"
+            )
+        data = cfg.data.test_csv
+    source = "DataFrame" if isinstance(data, pd.DataFrame) else str(data)
+    df = data if isinstance(data, pd.DataFrame) else read_table(data, cfg.data.sep, cfg.data.encoding)
+    data_cfg = _trained_cfg(rd, cfg, df, allow_missing_text, source)
+    data_cfg.image_dir = str(image_dir) if image_dir else None
+    if isinstance(data, pd.DataFrame):
+        root = Path(image_dir).parent if image_dir else Path(".")
+        return products_from_frame(data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source=source)
+    return load_products(data, data_cfg, frame=df)
+
+
+def check_images(products: Products, allow_missing_images: bool) -> None:
+    """A run with an image tower and not one image among the rows: an error (a wrong folder, most likely)."""
+    if len(products) and not any(len(p) for p in products.image_paths) and not allow_missing_images:
+        raise ValueError(
+            f"{products.source}: none of the {len(products):,} products has an image, and the run's model reads "
+            f"images: pass the image folder (--image-dir, Python: image_dir=...), put an images/ folder beside the "
+            f"table, or pass --allow-missing-images (Python: allow_missing_images=True) to predict from text alone"
+        )
+
+
+def check_rows(products: Products, label_map: LabelMap) -> dict[str, int]:
+    """Warn about duplicate ids and labels the run never saw; return those labels with their row counts."""
+    dups = products.duplicate_ids()
+    if dups:
+        log.warning(
+            "%s: %d duplicate id(s) (each row still gets its own prediction): %s", products.source, len(dups), dups[:10]
+        )
+    if products.labels is None:
+        return {}
+    _, counter = label_map.encode(products.labels)
+    unseen = dict(counter)
+    if unseen:
+        log.warning(
+            "%s: %d label value(s) the run never saw (%d rows); they can never be predicted: %s",
+            products.source,
+            len(unseen),
+            sum(unseen.values()),
+            list(unseen)[:10],
+        )
+    return unseen
