@@ -306,6 +306,22 @@ def test_nan_weights_never_become_a_submission(run, tmp_path, capsys) -> None:
     assert not (tmp_path / "o" / "submission.csv").exists()
 
 
+def test_a_checkpoint_of_another_model_is_a_clear_error(run, tmp_path, capsys) -> None:
+    import torch
+
+    from aisle.serialization import read_tensors, write_tensors
+
+    run_dir = _copy_run(run, tmp_path)
+    best = run_dir / "head" / "fold_1" / "best.safetensors"
+    state, meta = read_tensors(best)
+    name = next(k for k, v in state.items() if v.ndim == 2)
+    state[name] = torch.zeros(state[name].shape[0] + 3, state[name].shape[1])  # a head for three more classes
+    write_tensors(best, state, {k: v for k, v in meta.items() if k != "sha256"})
+    assert _predict(run_dir, run[1] / "test.csv", tmp_path / "o") == 2
+    err = _err(capsys)
+    assert "does not fit the model" in err and name in err
+
+
 def torch_fill_nan(t):
     return t.clone().fill_(float("nan")) if t.is_floating_point() else t
 
@@ -329,6 +345,7 @@ SHARD_DAMAGE: dict[str, Callable[[Path], None]] = {
     "cut": lambda s: s.write_bytes(s.read_bytes()[:-64]),
     "empty": lambda s: s.write_bytes(b""),
     "rows_swapped": lambda s: _swap_rows(s),
+    "wrong_shape": lambda s: np.save(s, np.zeros((3, 5), dtype=np.float16)),
     "keys_swapped": lambda s: _swap_keys(s.with_name(s.name.replace(".npy", ".keys.json"))),
 }
 
