@@ -6,15 +6,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from aisle.config import AisleConfig, apply_overrides, load_config, validate_config
 from aisle.evaluation.evaluate import evaluate_probs
-from aisle.inference.predict import Prediction, predict
+from aisle.inference.items import frame_items
+from aisle.inference.predict import predict
+from aisle.inference.predictor import FolderImages, Predictor
 from aisle.rundir import RunDir
 from aisle.training.cv import run_cv
 
-__all__ = ["Classifier"]
+__all__ = ["FAST_ROWS", "Classifier"]
+
+FAST_ROWS = 256  # inputs up to this size run on the models held in memory; larger ones through the batch path
+
+
+def _index(data: pd.DataFrame | list[dict]) -> pd.Index:
+    return data.index if isinstance(data, pd.DataFrame) else pd.RangeIndex(len(data))
 
 
 class Classifier:
@@ -44,6 +53,8 @@ class Classifier:
             self.config = load_config(config, overrides)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.summary_: dict | None = None
+        self._loaded: tuple[Path, Predictor] | None = None
+        self._folders: dict[Path, FolderImages] = {}
 
     def fit(
         self, df: pd.DataFrame, data_root: str | Path = ".", folds: list[int] | None = None, overwrite: bool = True
@@ -61,55 +72,88 @@ class Classifier:
             raise ValueError("this Classifier is not fitted: call fit(df) or Classifier.load(path) first")
         return self.run_dir
 
+    def _predictor(self) -> Predictor:
+        """The run's models, loaded on first use and kept (a refit loads them again)."""
+        run = self._require_fitted()
+        if self._loaded is None or self._loaded[0] != run:
+            self._loaded = (run, Predictor(run))
+        return self._loaded[1]
+
     def _predict(
-        self, df: pd.DataFrame, image_dir: str | Path | None, tta: list[str] | None, **allow: bool
-    ) -> Prediction:
+        self, data: pd.DataFrame | list[dict], image_dir: str | Path | None, tta: list[str] | None, **allow: bool
+    ) -> tuple[np.ndarray, list[str], str]:
+        """(probabilities, classes, label column): up to ``FAST_ROWS`` rows (or a list of items) through the
+        models held in memory, larger tables through the batch path (loaders, feature cache)."""
         unknown = sorted(set(allow) - {"allow_missing_text", "allow_missing_images"})
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; use allow_missing_text / allow_missing_images")
-        return predict(
-            self._require_fitted(),
-            df,
+        run = self._require_fitted()
+        if isinstance(data, list) or (tta is None and len(data) <= FAST_ROWS):
+            p = self._predictor()
+            items = (
+                frame_items(data, p, image_dir, self._folders, allow.get("allow_missing_text", False))
+                if isinstance(data, pd.DataFrame)
+                else data
+            )
+            if p.uses_images and not allow.get("allow_missing_images") and not any(i.get("image") for i in items):
+                raise ValueError(
+                    f"none of the {len(items)} products has an image, and the run's model reads images: pass "
+                    f"image_dir=..., give each item an 'image', or pass allow_missing_images=True"
+                )
+            return p.predict_proba(items), p.classes, p.label_col
+        pred = predict(
+            run,
+            data,
             tta=tta,
             image_dir=image_dir,
             allow_missing_text=allow.get("allow_missing_text", False),
             allow_missing_images=allow.get("allow_missing_images", False),
         )
+        return pred.probs, list(pred.label_map.classes), pred.label_col
 
     def predict_proba(
-        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
+        self,
+        data: pd.DataFrame | list[dict],
+        image_dir: str | Path | None = None,
+        tta: list[str] | None = None,
+        **allow: bool,
     ) -> pd.DataFrame:
         """Fold-averaged class probabilities: one row per input row (same index), one column per class.
 
-        ``allow_missing_text=True`` / ``allow_missing_images=True`` predict even when ``df`` lacks a text column
-        the run was trained with / no row has an image (otherwise a ``ValueError`` says what is missing).
+        ``data`` is a DataFrame (images found by id under ``image_dir``, or by the paths in its image column) or a
+        list of items: dicts with the run's text columns and ``image`` (a PIL image, bytes, a path, a list of
+        them, or None). Small inputs run on the models held in memory (no set-up per call: one product takes
+        milliseconds); ``allow_missing_text=True`` / ``allow_missing_images=True`` predict even when the input
+        lacks a text column the run was trained with / no row has an image (otherwise a ``ValueError``).
         """
-        pred = self._predict(df, image_dir, tta, **allow)
-        return pd.DataFrame(pred.probs, columns=list(pred.label_map.classes), index=df.index)
+        probs, classes, _ = self._predict(data, image_dir, tta, **allow)
+        return pd.DataFrame(probs, columns=classes, index=_index(data))
 
     def predict(
-        self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
+        self,
+        data: pd.DataFrame | list[dict],
+        image_dir: str | Path | None = None,
+        tta: list[str] | None = None,
+        **allow: bool,
     ) -> pd.Series:
-        """The most likely class per row (original label values), indexed like ``df``; ``allow``: as in
+        """The most likely class per row (original label values), indexed like ``data``; arguments as in
         :meth:`predict_proba`."""
-        pred = self._predict(df, image_dir, tta, **allow)
-        return pd.Series(pred.labels, index=df.index, name=pred.label_col)
+        probs, classes, label_col = self._predict(data, image_dir, tta, **allow)
+        return pd.Series(np.asarray(classes, dtype=object)[probs.argmax(1)], index=_index(data), name=label_col)
 
     def evaluate(
         self, df: pd.DataFrame, image_dir: str | Path | None = None, tta: list[str] | None = None, **allow: bool
     ) -> dict[str, float]:
         """Accuracy, top-3, macro/weighted F1, macro precision/recall on a labelled DataFrame."""
-        pred = self._predict(df, image_dir, tta, **allow)
+        probs, classes, label_col = self._predict(df, image_dir, tta, **allow)
         col = (
-            pred.label_col
-            if pred.label_col in df.columns
+            label_col
+            if label_col in df.columns
             else next((c for c in ("categories", "label") if c in df.columns), None)
         )
         if col is None:
-            raise ValueError(f"evaluate needs a label column ({pred.label_col!r}) in the DataFrame")
-        return evaluate_probs(
-            [None if pd.isna(v) else str(v) for v in df[col]], pred.probs, list(pred.label_map.classes)
-        ).metrics
+            raise ValueError(f"evaluate needs a label column ({label_col!r}) in the DataFrame")
+        return evaluate_probs([None if pd.isna(v) else str(v) for v in df[col]], probs, classes).metrics
 
     def save(self, path: str | Path) -> Path:
         """Copy the run folder (safetensors weights, JSON/YAML metadata) to ``path``."""

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +26,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageIssue",
     "ImageProbe",
+    "as_rgb",
     "build_image_index",
+    "decode_image_bytes",
     "file_problem",
     "is_inside",
     "open_checked",
@@ -232,13 +235,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(
-    path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tuple[int, int] | None
+def _decode_stream(
+    f: BinaryIO, max_pixels: int, draft: tuple[int, int] | None
 ) -> tuple[Image.Image | None, str | None, tuple[int, int] | None]:
-    """(RGB image or None, reason or None, size on disk or None)."""
-    f, reason = open_checked(path, roots)
-    if f is None:
-        return None, reason, None
+    """Decode an open image file (closed here): (RGB image or None, reason or None, size or None)."""
     _allow_pixels(max_pixels)
     try:
         with f, Image.open(f) as im:  # the first frame of an animated GIF/WebP or a multi-page TIFF
@@ -257,6 +257,33 @@ def _decode(
         # PIL says "image file is truncated" / "broken data stream" / "Truncated File Read" for cut-off files.
         msg = str(e).lower()
         return None, TRUNCATED if ("truncat" in msg or "broken data stream" in msg) else UNREADABLE, None
+
+
+def _decode(
+    path: str | Path, roots: Sequence[Path], max_pixels: int, draft: tuple[int, int] | None
+) -> tuple[Image.Image | None, str | None, tuple[int, int] | None]:
+    """(RGB image or None, reason or None, size on disk or None)."""
+    f, reason = open_checked(path, roots)
+    if f is None:
+        return None, reason, None
+    return _decode_stream(f, max_pixels, draft)
+
+
+def decode_image_bytes(
+    data: bytes, max_pixels: int = 89_478_485, draft: tuple[int, int] | None = None
+) -> tuple[Image.Image | None, str | None]:
+    """Decode an image held in memory exactly as :func:`open_image` decodes a file: (RGB image, None) or
+    (None, the reason it cannot be used)."""
+    if not data:
+        return None, EMPTY
+    image, reason, _ = _decode_stream(io.BytesIO(data), max_pixels, draft)
+    return image, reason
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image handed over in memory, made RGB as a decoded file is (EXIF, wide greyscale, transparency);
+    the caller's image is not changed."""
+    return _to_rgb(image.copy())
 
 
 def open_image(

@@ -14,7 +14,7 @@ from aisle.rundir import RunDir
 from aisle.serialization import read_json
 from aisle.tables import read_table
 
-__all__ = ["check_images", "check_rows", "read_products"]
+__all__ = ["check_images", "check_rows", "read_products", "trained_text_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,15 @@ log = logging.getLogger(__name__)
 def _columns(df: pd.DataFrame, trained: dict, allow_missing_text: bool, source: str) -> list[str] | None:
     """The trained run's text columns that ``df`` has; an error names the absent ones unless allowed."""
     wanted = list(trained.get("text_cols") or [])
-    if not wanted:
-        return None
+    return trained_text_columns(df, wanted, allow_missing_text, source) if wanted else None
+
+
+def trained_text_columns(df: pd.DataFrame, wanted: list[str], allow_missing_text: bool, source: str) -> list[str]:
+    """The columns of ``wanted`` (the run's text columns) that ``df`` has.
+
+    Raises:
+        ValueError: some are absent and ``allow_missing_text`` is False (the message names them).
+    """
     absent = [c for c in wanted if c not in df.columns]
     if absent and not allow_missing_text:
         raise ValueError(

@@ -28,7 +28,7 @@ from aisle.rundir import RunDir
 from aisle.serialization import excluded_prefixes, load_checkpoint, read_json
 from aisle.tables import require_finite, write_table
 
-__all__ = ["Prediction", "load_fold_models", "predict", "write_outputs"]
+__all__ = ["Prediction", "load_fold_models", "mean_softmax", "predict", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _shared_features(
     return out
 
 
-def _run(
+def mean_softmax(
     model: ProductClassifier, loader, views: list[Callable | None], progress: Callable[[int], None] | None
 ) -> np.ndarray:
     """Mean softmax over ``views`` (functions on the pixel batch; None = as is) for every row of ``loader``."""
@@ -182,7 +182,7 @@ def _predict_model(
         )
 
     if model.image_encoder is None:
-        return _run(model, loader(), [None], progress)
+        return mean_softmax(model, loader(), [None], progress)
     names = ["orig", *tta]
     per_size = []
     sizes: list[int | None] = [*scales] or [None]
@@ -190,11 +190,11 @@ def _predict_model(
         cached = [shared.get(("image", size, v)) for v in names]
         hits = [c for c in cached if c is not None]
         if len(hits) == len(cached):  # one pass per view over cached features: no pixels at all
-            per_view = [_run(model, loader(([f], has)), [None], progress) for f, has in hits]
+            per_view = [mean_softmax(model, loader(([f], has)), [None], progress) for f, has in hits]
             per_size.append(np.mean(per_view, axis=0))
         else:  # decode each image once and apply every view to the batch
             views = [None if v == "orig" else TTA_POLICIES.get(v) for v in names]
-            per_size.append(_run(model, loader(image_size=size), views, progress))
+            per_size.append(mean_softmax(model, loader(image_size=size), views, progress))
     return np.mean(per_size, axis=0)
 
 
