@@ -367,6 +367,11 @@ def demo_data(
     )
 
 
+from aisle.cli._serve import serve  # noqa: E402  (registered here: the module needs none of the above)
+
+app.command()(serve)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (for tests and ``python -m aisle``)."""
     try:

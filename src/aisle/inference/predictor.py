@@ -172,6 +172,7 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, folds: list[int] | None = None) -> None:
         rd = RunDir(run_dir)
+        self.run_name = rd.root.name
         self.members: list[tuple[float, float, _Run]] = []
         self.prior = 0.0
         if rd.is_ensemble():
@@ -205,6 +206,26 @@ class Predictor:
     def image_col(self) -> str | None:
         """The image column the run was trained with (None: images were found by id)."""
         return self.members[0][2].image_col
+
+    @property
+    def max_image_pixels(self) -> int:
+        """The decompression-bomb limit the run was trained with."""
+        return min(run.cfg.data.max_image_pixels for _, _, run in self.members)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know: classes, the item fields read, towers, image sizes, the run."""
+        runs = [run for _, _, run in self.members]
+        return {
+            "run": self.run_name,
+            "classes": self.classes,
+            "text_fields": self.text_columns,
+            "uses_images": self.uses_images,
+            "image_sizes": sorted({s for r in runs for s in r.sizes}),
+            "members": [
+                {"model_type": r.cfg.model.type, "towers": r.cfg.model.tower_names(), "folds": sorted(r.models)}
+                for r in runs
+            ],
+        }
 
     @property
     def uses_images(self) -> bool:
