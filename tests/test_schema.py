@@ -242,3 +242,20 @@ def test_empty_label_cell_is_unlabelled(tmp_path: Path) -> None:
         tmp_path / "t.csv", [{"id": "a", "label": "x"}, {"id": "b", "label": ""}, {"id": "c", "label": "  "}]
     )
     assert load_products(path, DEFAULT).labels.tolist() == ["x", None, None]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"title": " Blue Tee ", "description": None, "gender": "Men"},
+        {"title": float("nan"), "description": "soft", "gender": ""},
+        {"title": "x", "description": "  ", "gender": 12},
+        {},
+    ],
+)
+def test_text_of_one_row_equals_build_texts(row: dict) -> None:
+    from aisle.data.schema import text_of
+
+    schema = ProductSchema("id", None, ("title", "description"), None, {"description": "d: "}, ("gender",))
+    frame = pd.DataFrame([row], columns=["title", "description", "gender"], dtype=object)
+    assert text_of(row, schema, " | ") == build_texts(frame, schema, " | ")[0]

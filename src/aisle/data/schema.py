@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from aisle.config import DataConfig
 
-__all__ = ["ProductSchema", "build_texts", "infer_schema"]
+__all__ = ["ProductSchema", "build_texts", "infer_schema", "text_of"]
 
 _LABEL_CANDIDATES = ("categories", "label")
 _TEXT_CANDIDATES = (("title", "description"), ("text",))
@@ -110,3 +111,18 @@ def build_texts(df: pd.DataFrame, schema: ProductSchema, sep: str = ". ") -> np.
     frame = pd.concat(parts, axis=1)
     joined = frame.apply(lambda row: sep.join(v for v in row if isinstance(v, str)), axis=1)
     return joined.to_numpy(dtype=object)
+
+
+def text_of(row: Mapping[str, object], schema: ProductSchema, sep: str = ". ") -> str:
+    """One product's joined text, exactly as :func:`build_texts` joins a table's row (for a handful of products,
+    where building a DataFrame would cost more than the model)."""
+    prefixes = {**schema.text_prefixes, **{col: f"{col}: " for col in schema.attribute_cols}}
+    parts = []
+    for col in [*schema.text_cols, *schema.attribute_cols]:
+        v = row.get(col)
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        text = str(v).strip()
+        if text:
+            parts.append(prefixes.get(col, "") + text)
+    return sep.join(parts)

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
 from aisle.data.images import IMAGE_EXTENSIONS, as_rgb, decode_image_bytes, open_image, placeholder_image
 from aisle.data.labels import LabelMap
-from aisle.data.schema import ProductSchema, build_texts
+from aisle.data.schema import ProductSchema, text_of
 from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.evaluation.calibration import rescale_probs
@@ -82,10 +81,8 @@ class _Run:
         }
         self.k = cfg.data.max_images if cfg.data.multi_image == "mean_pool" else 1
 
-    def texts(self, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        cols = [*self.schema.text_cols, *self.schema.attribute_cols]
-        frame = pd.DataFrame([{c: item.get(c) for c in cols} for item in items], columns=cols, dtype=object)
-        return build_texts(frame, self.schema, self.cfg.data.text_sep)
+    def texts(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
+        return [text_of(item, self.schema, self.cfg.data.text_sep) for item in items]
 
     def images(self, items: Sequence[Mapping[str, Any]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, 3, S, S) uint8 pixels and (B, K) has-image mask, as the dataset builds them."""
@@ -109,7 +106,7 @@ class _Run:
         text = self.first.text_encoder
         if text is None:
             return {}
-        tokens = text.tokenize(list(self.texts(items)))
+        tokens = text.tokenize(self.texts(items))
         if not self.frozen["text_encoder"]:
             return tokens
         with torch.inference_mode():
