@@ -40,7 +40,8 @@ def _items(table: Path, image_dir: Path, n: int) -> list[dict]:
     df = pd.read_csv(table, dtype=str, keep_default_na=False).head(n)
     out = []
     for row in df.to_dict("records"):
-        path = next((image_dir / f"{row['id']}{e}" for e in (".jpg", ".png") if (image_dir / f"{row['id']}{e}").exists()), None)
+        found = [image_dir / f"{row['id']}{e}" for e in (".jpg", ".png")]
+        path = next((p for p in found if p.exists()), None)
         out.append({**row, "image": path.read_bytes() if path else None})
     return out
 
@@ -169,7 +170,8 @@ async def _load(url: str, bodies: list[dict], clients: int, seconds: float) -> d
 def load_test(run: Path, items: list[dict], seconds: float) -> dict:
     bodies = [_payload(i) for i in items]
     out = {}
-    for mode, args in (("batching_on", ["--max-batch", "32", "--max-wait-ms", "2"]), ("batching_off", ["--max-batch", "1"])):
+    modes = {"batching_on": ["--max-batch", "32", "--max-wait-ms", "2"], "batching_off": ["--max-batch", "1"]}
+    for mode, args in modes.items():
         server = Server(run, *args)
         try:
             rss0 = _rss_mb(server.proc.pid)
