@@ -367,9 +367,11 @@ def demo_data(
     )
 
 
-from aisle.cli._serve import serve  # noqa: E402  (registered here: the module needs none of the above)
+from aisle.cli._export import export  # noqa: E402  (registered here: the modules need none of the above)
+from aisle.cli._serve import serve  # noqa: E402
 
 app.command()(serve)
+app.command()(export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from aisle.rundir import RunDir
 from aisle.serialization import excluded_prefixes, read_json
 from aisle.tables import require_finite
 
-__all__ = ["FolderImages", "ImageInput", "Predictor", "image_input"]
+__all__ = ["FolderImages", "ImageInput", "Predictor", "RunModels", "image_input"]
 
 ImageInput = Image.Image | bytes | str | Path | None
 
@@ -46,11 +46,12 @@ def image_input(value: ImageInput, max_pixels: int, draft: int) -> tuple[Image.I
     return open_image(value, (), max_pixels, draft=(draft, draft))
 
 
-class _Run:
+class RunModels:
     """One trained run's fold models, preprocessing and text schema."""
 
     def __init__(self, run_dir: Path, folds: list[int] | None) -> None:
         rd = RunDir(run_dir)
+        self.root = rd.root
         cfg, self.label_map, self.models = load_fold_models(rd.root, folds)
         self.cfg = cfg
         trained = read_json(rd.schema) if rd.schema.is_file() else {}
@@ -170,17 +171,17 @@ class Predictor:
     def __init__(self, run_dir: str | Path, folds: list[int] | None = None) -> None:
         rd = RunDir(run_dir)
         self.run_name = rd.root.name
-        self.members: list[tuple[float, float, _Run]] = []
+        self.members: list[tuple[float, float, RunModels]] = []
         self.prior = 0.0
         if rd.is_ensemble():
             spec = read_json(rd.ensemble)
             for m in spec["members"]:
                 if m["weight"] > 0:
                     run = Path(m["run"]) if Path(m["run"]).is_absolute() else rd.root / m["run"]
-                    self.members.append((float(m["weight"]), float(m.get("scale", 1.0)), _Run(run, folds)))
+                    self.members.append((float(m["weight"]), float(m.get("scale", 1.0)), RunModels(run, folds)))
             self.prior = spec.get("uniform_weight", 0.0)
         else:
-            self.members.append((1.0, 1.0, _Run(rd.root, folds)))
+            self.members.append((1.0, 1.0, RunModels(rd.root, folds)))
         self.label_map: LabelMap = self.members[0][2].label_map
         self.prior /= len(self.label_map)
 

@@ -131,7 +131,11 @@ class NgramTextTower(Tower):
         ids = batch["input_ids"]
         w = self.idf[ids] * batch["attention_mask"].to(self.idf.dtype)  # (B, T)
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # L2-normalised binary TF-IDF
-        return self.embedding(ids, per_sample_weights=w.to(self.embedding.weight.dtype))  # (B, D)
+        w = w.to(self.embedding.weight.dtype)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no EmbeddingBag with padding_idx: the same sum, spelled out
+            keep = ids.ne(int(self.embedding.padding_idx or 0)).to(w.dtype)
+            return (self.embedding.weight[ids] * (w * keep).unsqueeze(-1)).sum(1)  # (B, D)
+        return self.embedding(ids, per_sample_weights=w)  # (B, D)
 
     def save_assets(self, folder: Path) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
