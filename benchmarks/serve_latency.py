@@ -2,7 +2,8 @@
 
 For each run: 200 warm single-item calls through (1) the old way (``aisle.inference.predict`` on a one-row
 DataFrame, which rebuilds the fold models on every call; fewer calls, it is slow), (2) the Python API
-(``Classifier.predict_proba`` on a list with one item, models held in memory), (3) HTTP (``aisle serve``, one
+(``Classifier.predict_proba`` on a list with one item, models held in memory; torch, and the ONNX export through
+onnxruntime, side by side), (3) HTTP (``aisle serve``, one
 client). Each call's wall time and the process's CPU time are recorded; on this shared 2-core machine the
 CPU-milliseconds per call and the ratios between paths measured in the same run are the figures to quote.
 Then a bounded load test on 127.0.0.1: N concurrent clients (asyncio + httpx) for ``--seconds`` each, with
@@ -77,7 +78,25 @@ def python_paths(run: Path, items: list[dict], image_dir: Path, calls: int) -> d
     fast = _time(lambda i: clf.predict_proba([with_bytes[i % len(items)]]), calls)
     frame = pd.DataFrame([{k: v for k, v in i.items() if k != "image"} for i in items])
     old = _time(lambda i: predict(run, frame.iloc[[i % len(items)]], image_dir=image_dir), max(5, calls // 20), warm=1)
-    return {"old_predict_per_call": old, "python_api": fast}
+    return {"old_predict_per_call": old, "python_api": fast, **onnx_path(run, with_bytes, image_dir, calls)}
+
+
+def onnx_path(run: Path, items: list[dict], image_dir: Path, calls: int) -> dict:
+    """The Python API on the exported graph (exported now when the run has none), timed beside torch."""
+    from aisle.api import Classifier
+    from aisle.inference.export import export_onnx
+
+    if not (run / "onnx" / "model.onnx").is_file():
+        export_onnx(run, None, items[:8])
+    onnx = Classifier.load(run, backend="onnx")
+    torch_clf = Classifier.load(run)
+    both = {}
+    for name, clf in (("python_api_torch_again", torch_clf), ("python_api_onnx", onnx)):
+        both[name] = _time(lambda i, c=clf: c.predict_proba([items[i % len(items)]]), calls)
+    both["ratio_onnx_vs_torch_cpu"] = (
+        both["python_api_onnx"]["cpu_ms_per_call"] / (both["python_api_torch_again"]["cpu_ms_per_call"])
+    )
+    return both
 
 
 def _free_port() -> int:
@@ -188,6 +207,7 @@ def main() -> None:
     ap.add_argument("--image-dir", action="append", default=[], help="name=FOLDER (default: images/ beside the table)")
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--parts", default="python,http,load", help="which measurements (python is always run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_latency.json")
     args = ap.parse_args()
     dirs = dict(d.split("=", 1) for d in args.image_dir)
@@ -198,12 +218,14 @@ def main() -> None:
         image_dir = Path(dirs.get(name, table.parent / "images"))
         items = _items(table, image_dir, 50)
         r = python_paths(run, items, image_dir, args.calls)
-        server = Server(run, "--max-batch", "1")
-        try:
-            r["http_one_client"] = http_single(server, items, args.calls)
-        finally:
-            server.stop()
-        r["load_test"] = load_test(run, items, args.seconds)
+        if "http" in args.parts:
+            server = Server(run, "--max-batch", "1")
+            try:
+                r["http_one_client"] = http_single(server, items, args.calls)
+            finally:
+                server.stop()
+        if "load" in args.parts:
+            r["load_test"] = load_test(run, items, args.seconds)
         old, fast = r["old_predict_per_call"], r["python_api"]
         r["ratio_python_api_vs_old_cpu"] = fast["cpu_ms_per_call"] / old["cpu_ms_per_call"]
         r["ratio_python_api_vs_old_wall_p50"] = fast["wall_ms_p50"] / old["wall_ms_p50"]

@@ -54,6 +54,7 @@ class Classifier:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.summary_: dict | None = None
         self._loaded: tuple[Path, Predictor] | None = None
+        self.backend = "torch"
         self._folders: dict[Path, FolderImages] = {}
 
     def fit(
@@ -76,7 +77,7 @@ class Classifier:
         """The run's models, loaded on first use and kept (a refit loads them again)."""
         run = self._require_fitted()
         if self._loaded is None or self._loaded[0] != run:
-            self._loaded = (run, Predictor(run))
+            self._loaded = (run, Predictor(run, backend=self.backend))
         return self._loaded[1]
 
     def _predict(
@@ -88,7 +89,13 @@ class Classifier:
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; use allow_missing_text / allow_missing_images")
         run = self._require_fitted()
-        if isinstance(data, list) or (tta is None and len(data) <= FAST_ROWS):
+        if self.backend == "onnx" and isinstance(data, pd.DataFrame) and len(data) > FAST_ROWS:
+            parts = [
+                self._predict(data.iloc[i : i + FAST_ROWS], image_dir, tta, **allow)
+                for i in range(0, len(data), FAST_ROWS)
+            ]
+            return np.concatenate([p[0] for p in parts]), parts[0][1], parts[0][2]
+        if isinstance(data, list) or self.backend == "onnx" or (tta is None and len(data) <= FAST_ROWS):
             p = self._predictor()
             items = (
                 frame_items(data, p, image_dir, self._folders, allow.get("allow_missing_text", False))
@@ -164,11 +171,19 @@ class Classifier:
         return dst
 
     @classmethod
-    def load(cls, path: str | Path) -> Classifier:
-        """A fitted classifier from a run folder (``aisle train`` output or ``save``)."""
+    def load(cls, path: str | Path, backend: str = "torch") -> Classifier:
+        """A fitted classifier from a run folder (``aisle train`` output or ``save``).
+
+        Args:
+            backend: ``torch``, or ``onnx`` (the graph ``aisle export`` wrote into the run's ``onnx/`` folder;
+                every input then runs on it, in chunks of ``FAST_ROWS``).
+        """
         rd = RunDir(path)
         if not rd.is_run():
             raise FileNotFoundError(f"{rd.root} is not a run folder (no {rd.config.name})")
         clf = cls(rd.config, run_dir=rd.root)
+        clf.backend = backend
         clf._require_fitted()
+        if backend != "torch":
+            clf._predictor()  # a missing export fails here, not at the first prediction
         return clf

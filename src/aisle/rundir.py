@@ -140,6 +140,11 @@ class RunDir:
         return self.root / "members"
 
     @property
+    def onnx(self) -> Path:
+        """``aisle export``'s folder: ``model.onnx``, ``preprocess.json`` and the tokenizer assets."""
+        return self.root / "onnx"
+
+    @property
     def predictions(self) -> Path:
         return self.root / "predictions"
 

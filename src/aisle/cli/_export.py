@@ -12,7 +12,9 @@ __all__ = ["export"]
 
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    out: Annotated[Path, typer.Option(help="Folder for model.onnx, preprocess.json and the tokenizer assets.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for model.onnx and preprocess.json (default: RUN_DIR/onnx).")
+    ] = None,
     data: Annotated[
         Path | None, typer.Option(help="Sample products for the parity check (default: the run's data.test_csv).")
     ] = None,

@@ -22,6 +22,9 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 20.0,
     max_items: Annotated[int, typer.Option(min=1, help="Most items per request.")] = 64,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the model.")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnx (the graph `aisle export` wrote into RUN_DIR/onnx).")] = (
+        "torch"
+    ),
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /health, /ready, /metrics, /v1/model."""
     from aisle.cli import _fail
@@ -37,5 +40,11 @@ def serve(
     rd = RunDir(run_dir)
     if not (rd.is_ensemble() or rd.is_finished()):
         _fail(f"{run_dir} is not a finished run or ensemble folder: train one with `aisle train`")
-    settings = ServeSettings(rd.root, fold or None, max_batch, max_wait_ms, max_body_mb, max_items, threads=threads)
+    if backend not in ("torch", "onnx"):
+        _fail(f"--backend {backend!r} is not one of: torch, onnx")
+    if backend == "onnx" and not (rd.onnx / "model.onnx").is_file():
+        _fail(f"{rd.onnx / 'model.onnx'} does not exist: export the run first (aisle export {rd.root})")
+    settings = ServeSettings(
+        rd.root, fold or None, max_batch, max_wait_ms, max_body_mb, max_items, threads=threads, backend=backend
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from torch import nn
 
 from aisle.inference.items import frame_items
 from aisle.inference.predictor import Predictor, RunModels
+from aisle.models.classifier import ProductClassifier
 from aisle.rundir import RunDir
 from aisle.serialization import write_json
 
@@ -31,27 +32,31 @@ class ExportError(RuntimeError):
 
 
 class FoldAverage(nn.Module):
-    """The fold models of a run as one module: named input tensors -> mean softmax probabilities."""
+    """The fold models of a run as one module: named input tensors -> mean softmax probabilities.
+
+    Towers that training never changed run once for all folds, their features rounded through float16 as the
+    feature cache stores them (so the graph gives ``aisle predict``'s numbers, at the cost of one tower pass).
+    """
 
     def __init__(self, run: RunModels, keys: list[str]) -> None:
         super().__init__()
         self.models = nn.ModuleList(list(run.models.values()))
         self.keys = keys
+        self.frozen_image, self.frozen_text = run.frozen["image_encoder"], run.frozen["text_encoder"]
+
+    def _shared(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        first = cast(ProductClassifier, self.models[0])
+        if self.frozen_image and first.image_encoder is not None:
+            feats = first.image_encoder(batch).float().half().float()
+            batch = {**batch, "image_features": feats, "image_mask": batch["image_mask"].any(1, keepdim=True)}
+        if self.frozen_text and first.text_encoder is not None:
+            batch = {**batch, "text_features": first.text_encoder(batch).float().half().float()}
+        return batch
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        batch = dict(zip(self.keys, tensors))
+        batch = self._shared(dict(zip(self.keys, tensors)))
         probs = [torch.softmax(m(batch)["logits"].float(), -1) for m in self.models]
         return torch.stack(probs).mean(0)
-
-
-def _sample(run: RunModels, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """A batch of the graph's inputs built from ``items`` exactly as the predictor builds it (no shared features)."""
-    batch: dict[str, torch.Tensor] = {}
-    if run.first.image_encoder is not None:
-        batch["image"], batch["image_mask"] = run.images(items, run.sizes[0])
-    if run.first.text_encoder is not None:
-        batch.update(run.first.text_encoder.tokenize(run.texts(items)))
-    return batch
 
 
 def _dynamic_axes(keys: list[str]) -> dict[str, dict[int, str]]:
@@ -78,7 +83,7 @@ def _check(path: Path, module: nn.Module, sample: dict[str, torch.Tensor], toler
 
 def export_onnx(
     run_dir: str | Path,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     sample: pd.DataFrame | list[dict[str, Any]],
     image_dir: str | Path | None = None,
     folds: list[int] | None = None,
@@ -89,6 +94,7 @@ def export_onnx(
 
     Args:
         run_dir: a finished run (an ensemble folder is not exported: export its members).
+        out_dir: default the run's ``onnx/`` folder (where ``backend="onnx"`` looks).
         sample: a few products (a table, or dicts as :class:`Predictor` takes) for tracing and the parity check.
         image_dir: the sample table's image folder.
         tolerance: the largest allowed absolute difference in probability between onnxruntime and torch.
@@ -107,10 +113,10 @@ def export_onnx(
     run = predictor.members[0][2]
     if run.cfg.infer.tta or len(run.sizes) > 1:
         raise ValueError("the run predicts with TTA or several image sizes (infer.tta / infer.scales): not exported")
-    inputs = _sample(run, items)
+    inputs = run.inputs(items)
     keys = list(inputs)
     module = FoldAverage(run, keys).eval()
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else RunDir(run_dir).onnx
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.onnx"
     with torch.inference_mode():

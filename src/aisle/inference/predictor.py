@@ -46,12 +46,26 @@ def image_input(value: ImageInput, max_pixels: int, draft: int) -> tuple[Image.I
     return open_image(value, (), max_pixels, draft=(draft, draft))
 
 
+def _onnx_session(rd: RunDir, folds: list[int] | None) -> Any:
+    """The run's exported graph (``aisle export``), checked to hold the folds asked for."""
+    import onnxruntime as ort
+
+    path = rd.onnx / "model.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: export the run first (aisle export {rd.root})")
+    info = read_json(rd.onnx / "preprocess.json")
+    if folds is not None and sorted(folds) != info["folds"]:
+        raise ValueError(f"{path} averages folds {info['folds']}, not {sorted(folds)}: export those folds")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 class RunModels:
     """One trained run's fold models, preprocessing and text schema."""
 
-    def __init__(self, run_dir: Path, folds: list[int] | None) -> None:
+    def __init__(self, run_dir: Path, folds: list[int] | None, backend: str = "torch") -> None:
         rd = RunDir(run_dir)
         self.root = rd.root
+        self.session = _onnx_session(rd, folds) if backend == "onnx" else None
         cfg, self.label_map, self.models = load_fold_models(rd.root, folds)
         self.cfg = cfg
         trained = read_json(rd.schema) if rd.schema.is_file() else {}
@@ -128,8 +142,19 @@ class RunModels:
             out.append(b)
         return out
 
+    def inputs(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """The exported graph's inputs for ``items``: pixels at the run's image size and tokens."""
+        batch: dict[str, torch.Tensor] = {}
+        if self.first.image_encoder is not None:
+            batch["image"], batch["image_mask"] = self.images(items, self.sizes[0])
+        if self.first.text_encoder is not None:
+            batch.update(self.first.text_encoder.tokenize(self.texts(items)))
+        return batch
+
     def predict(self, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """(N, C) probabilities: mean over folds, image sizes and TTA views."""
+        if self.session is not None:
+            return self.session.run(None, {k: v.numpy() for k, v in self.inputs(items).items()})[0]
         base = {"id": [str(item.get("id", i)) for i, item in enumerate(items)], **self._text_part(items)}
         if self.first.image_encoder is None:
             batches = [[base]]
@@ -166,9 +191,13 @@ class Predictor:
     Args:
         run_dir: a finished run or ensemble folder.
         folds: which folds' models (default: the run's ``infer.folds``, else all).
+        backend: ``torch``, or ``onnx``: the graph ``aisle export`` wrote into the run's ``onnx/`` folder (each
+            member's, for an ensemble); preprocessing stays in Python.
     """
 
-    def __init__(self, run_dir: str | Path, folds: list[int] | None = None) -> None:
+    def __init__(self, run_dir: str | Path, folds: list[int] | None = None, backend: str = "torch") -> None:
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend {backend!r} is not one of: torch, onnx")
         rd = RunDir(run_dir)
         self.run_name = rd.root.name
         self.members: list[tuple[float, float, RunModels]] = []
@@ -178,10 +207,11 @@ class Predictor:
             for m in spec["members"]:
                 if m["weight"] > 0:
                     run = Path(m["run"]) if Path(m["run"]).is_absolute() else rd.root / m["run"]
-                    self.members.append((float(m["weight"]), float(m.get("scale", 1.0)), RunModels(run, folds)))
+                    member = RunModels(run, folds, backend)
+                    self.members.append((float(m["weight"]), float(m.get("scale", 1.0)), member))
             self.prior = spec.get("uniform_weight", 0.0)
         else:
-            self.members.append((1.0, 1.0, RunModels(rd.root, folds)))
+            self.members.append((1.0, 1.0, RunModels(rd.root, folds, backend)))
         self.label_map: LabelMap = self.members[0][2].label_map
         self.prior /= len(self.label_map)
 

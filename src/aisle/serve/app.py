@@ -68,7 +68,7 @@ class _State:
 
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            self.predictor = Predictor(self.settings.run_dir, self.settings.folds)
+            self.predictor = Predictor(self.settings.run_dir, self.settings.folds, self.settings.backend)
         except Exception as e:  # /ready says why
             self.error = f"{type(e).__name__}: {e}"
         finally:

@@ -22,6 +22,7 @@ class ServeSettings:
         max_text_chars: the longest text field.
         threads: CPU threads for torch (None: torch's default).
         top_k: labels per item when the request does not say.
+        backend: ``torch``, or ``onnx`` (the graph ``aisle export`` wrote into the run's ``onnx/`` folder).
     """
 
     run_dir: Path
@@ -33,3 +34,4 @@ class ServeSettings:
     max_text_chars: int = 20_000
     threads: int | None = None
     top_k: int = 5
+    backend: str = "torch"
