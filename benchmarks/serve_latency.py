@@ -8,7 +8,8 @@ client). Each call's wall time and the process's CPU time are recorded; on this 
 CPU-milliseconds per call and the ratios between paths measured in the same run are the figures to quote.
 Then a bounded load test on 127.0.0.1: N concurrent clients (asyncio + httpx) for ``--seconds`` each, with
 micro-batching on (``--max-batch 32 --max-wait-ms 2``) and off (``--max-batch 1``): requests/s, items/s, p50/p99,
-errors (must be 0) and the server's RSS at start and end.
+errors (must be 0) and the server's RSS at start, after a 5 s warm-up at 32 clients (its working set at full
+load) and at the end (growth past the warm-up would be a leak).
 
 Usage:
   .venv/bin/python benchmarks/serve_latency.py --run demo=runs/demo-fusion:demo/test.csv \
@@ -194,8 +195,11 @@ def load_test(run: Path, items: list[dict], seconds: float) -> dict:
         server = Server(run, *args)
         try:
             rss0 = _rss_mb(server.proc.pid)
+            asyncio.run(_load(server.url, bodies, 32, min(5.0, seconds)))  # warm-up: the working set at full load
+            warm = _rss_mb(server.proc.pid)
             rows = [asyncio.run(_load(server.url, bodies, n, seconds)) for n in (1, 8, 32)]
-            out[mode] = {"rss_mb_start": rss0, "rss_mb_end": _rss_mb(server.proc.pid), "levels": rows}
+            end = _rss_mb(server.proc.pid)
+            out[mode] = {"rss_mb_start": rss0, "rss_mb_after_warmup": warm, "rss_mb_end": end, "levels": rows}
         finally:
             server.stop()
     return out
