@@ -14,6 +14,15 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# the tiny fusion model of the end-to-end tests: random test_resnet at 32 px + tiny BERT, trains in seconds
+TINY_FUSION = {
+    "type": "fusion",
+    "image_size": 32,
+    "head_hidden": 16,
+    "image": {"name": "timm:test_resnet", "pretrained": False},
+    "text": {"name": "tiny:bert", "max_length": 16},
+}
+
 # A spec for one image file: an RGB colour (a real 16x16 image of that colour) or one of these broken kinds.
 BROKEN_KINDS = ("empty", "truncated", "text")
 

@@ -26,6 +26,7 @@ from aisle.config import DataConfig
 from aisle.data import load_products
 from aisle.data.demo import write_demo_catalogue
 from aisle.data.prepare import load_training_data
+from conftest import TINY_FUSION
 
 
 def _err(capsys) -> str:
@@ -159,13 +160,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     cfg = {
         "name": "r",
         "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2},
-        "model": {
-            "type": "fusion",
-            "image_size": 32,
-            "head_hidden": 16,
-            "image": {"name": "timm:test_resnet", "pretrained": False},
-            "text": {"name": "tiny:bert", "max_length": 16},
-        },
+        "model": TINY_FUSION,
         "train": {"epochs": 1, "batch_size": 8, "stages": [{"name": "head", "freeze_encoders": True}]},
         "runtime": {"num_workers": 0, "cache_dir": str(root / "cache")},
     }

@@ -16,20 +16,13 @@ from aisle.cli import main
 from aisle.data.demo import write_demo_catalogue
 from aisle.inference import predict
 from aisle.inference.predictor import Predictor
-
-MODEL = {
-    "type": "fusion",
-    "image_size": 32,
-    "head_hidden": 16,
-    "image": {"name": "timm:test_resnet", "pretrained": False},
-    "text": {"name": "tiny:bert", "max_length": 16},
-}
+from conftest import TINY_FUSION
 
 
 def _train(root: Path, name: str, train: dict, infer: dict | None = None) -> Path:
     cfg = {
         "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2},
-        "model": MODEL,
+        "model": TINY_FUSION,
         "train": {"epochs": 1, "batch_size": 8, **train},
         "infer": infer or {},
         "runtime": {"num_workers": 0, "cache_dir": str(root / "cache")},
@@ -96,7 +89,7 @@ def test_a_call_does_no_set_up_and_logs_nothing(runs, monkeypatch, caplog) -> No
     clf = Classifier.load(run_dirs["frozen"])
     items = _items(cat, "bytes")[:1]
     clf.predict_proba(items)  # loads the models once
-    for name, module in (("load_fold_models", predictor), ("build_image_index", products), ("_image_files", predictor)):
+    for name, module in (("load_fold_models", predictor), ("build_image_index", products), ("image_files", predictor)):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("per-call set-up"))
     with caplog.at_level(logging.DEBUG, logger="aisle"):
         out = clf.predict_proba(items)

@@ -27,6 +27,7 @@ from aisle.data.demo import write_demo_catalogue
 from aisle.inference import predict
 from aisle.serve import ServeSettings
 from aisle.serve.app import create_app
+from conftest import TINY_FUSION
 
 MAX_PIXELS = 5000  # the run's decompression-bomb limit: its 32 px images pass, a 100 x 100 image does not
 
@@ -37,13 +38,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     write_demo_catalogue(root / "cat", n_train=40, n_test=10, seed=6, image_size=32)
     cfg = {
         "data": {"train_csv": str(root / "cat" / "train.csv"), "folds": 2, "max_image_pixels": MAX_PIXELS},
-        "model": {
-            "type": "fusion",
-            "image_size": 32,
-            "head_hidden": 16,
-            "image": {"name": "timm:test_resnet", "pretrained": False},
-            "text": {"name": "tiny:bert", "max_length": 16},
-        },
+        "model": TINY_FUSION,
         "train": {"epochs": 1, "batch_size": 8},
         "runtime": {"num_workers": 0, "cache_dir": str(root / "cache")},
     }

@@ -11,6 +11,7 @@ import pandas as pd
 
 from aisle.config import AisleConfig, apply_overrides, load_config, validate_config
 from aisle.evaluation.evaluate import evaluate_probs
+from aisle.inference.inputs import check_images
 from aisle.inference.items import frame_items
 from aisle.inference.predict import predict
 from aisle.inference.predictor import FolderImages, Predictor
@@ -102,11 +103,9 @@ class Classifier:
                 if isinstance(data, pd.DataFrame)
                 else data
             )
-            if p.uses_images and not allow.get("allow_missing_images") and not any(i.get("image") for i in items):
-                raise ValueError(
-                    f"none of the {len(items)} products has an image, and the run's model reads images: pass "
-                    f"image_dir=..., give each item an 'image', or pass allow_missing_images=True"
-                )
+            if p.uses_images:
+                has = any(i.get("image") for i in items)
+                check_images(has, len(items), "input", allow.get("allow_missing_images", False))
             return p.predict_proba(items), p.classes, p.label_col
         pred = predict(
             run,

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +30,9 @@ __all__ = [
     "build_image_index",
     "decode_image_bytes",
     "file_problem",
+    "image_files",
     "is_inside",
+    "natural_key",
     "open_checked",
     "open_image",
     "paths_from_column",
@@ -67,7 +69,8 @@ class ImageIssue:
     reason: str
 
 
-def _natural_key(s: str) -> list[object]:
+def natural_key(s: str) -> list[object]:
+    """Sort key that puts ``a_2`` before ``a_10``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
@@ -85,6 +88,13 @@ def _scan(folder: Path) -> Iterable[os.DirEntry[str]]:
             yield entry
 
 
+def image_files(folder: str | Path) -> Iterator[str]:
+    """Paths of the files with an image extension directly in ``folder`` and one level down."""
+    for entry in _scan(Path(folder)):
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            yield entry.path
+
+
 def build_image_index(image_dir: str | Path, ids: Iterable[str]) -> dict[str, list[str]]:
     """Map each product id to its image files: ``<id>.<ext>`` first, then ``<id>_*.<ext>`` in natural order.
 
@@ -98,24 +108,22 @@ def build_image_index(image_dir: str | Path, ids: Iterable[str]) -> dict[str, li
     wanted = set(ids)
     exact: dict[str, list[str]] = {}
     extra: dict[str, list[str]] = {}
-    for entry in _scan(Path(image_dir)):
-        stem, ext = os.path.splitext(entry.name)
-        if ext.lower() not in IMAGE_EXTENSIONS:
-            continue
+    for path in image_files(image_dir):
+        stem = os.path.splitext(os.path.basename(path))[0]
         if stem in wanted:
-            exact.setdefault(stem, []).append(entry.path)
+            exact.setdefault(stem, []).append(path)
             continue
         # <id>_<anything>: the id itself may contain underscores, so try every split point.
         # Try split points from the right so the longest matching id wins (ids "a" and "a_b": a_b_1.jpg is a_b's).
         pos = stem.rfind("_")
         while pos > 0:
             if stem[:pos] in wanted:
-                extra.setdefault(stem[:pos], []).append(entry.path)
+                extra.setdefault(stem[:pos], []).append(path)
                 break
             pos = stem.rfind("_", 0, pos)
     index: dict[str, list[str]] = {}
     for key in exact.keys() | extra.keys():
-        index[key] = sorted(exact.get(key, []), key=_natural_key) + sorted(extra.get(key, []), key=_natural_key)
+        index[key] = sorted(exact.get(key, []), key=natural_key) + sorted(extra.get(key, []), key=natural_key)
     return index
 
 

@@ -88,13 +88,17 @@ def read_products(
     return load_products(data, data_cfg, frame=df)
 
 
-def check_images(products: Products, allow_missing_images: bool) -> None:
-    """A run with an image tower and not one image among the rows: an error (a wrong folder, most likely)."""
-    if len(products) and not any(len(p) for p in products.image_paths) and not allow_missing_images:
+def check_images(has_image: bool, n: int, source: str, allow_missing_images: bool) -> None:
+    """A model that reads images and not one image among ``n`` rows: an error (a wrong folder, most likely).
+
+    Args:
+        has_image: whether any row has an image.
+    """
+    if n and not has_image and not allow_missing_images:
         raise ValueError(
-            f"{products.source}: none of the {len(products):,} products has an image, and the run's model reads "
-            f"images: pass the image folder (--image-dir, Python: image_dir=...), put an images/ folder beside the "
-            f"table, or pass --allow-missing-images (Python: allow_missing_images=True) to predict from text alone"
+            f"{source}: none of the {n:,} products has an image, and the run's model reads images: pass the image "
+            f"folder (--image-dir, Python: image_dir=...), put an images/ folder beside the table, give each item an "
+            f"'image', or pass --allow-missing-images (Python: allow_missing_images=True) to predict from text alone"
         )
 
 

@@ -28,7 +28,7 @@ from aisle.rundir import RunDir
 from aisle.serialization import excluded_prefixes, load_checkpoint, read_json
 from aisle.tables import require_finite, write_table
 
-__all__ = ["Prediction", "load_fold_models", "mean_softmax", "predict", "write_outputs"]
+__all__ = ["Prediction", "load_fold_models", "mean_softmax", "predict", "shared_towers", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,17 @@ def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None
     return [None] + [TTA_POLICIES.get(name) for name in tta]
 
 
+def shared_towers(rd: RunDir, cfg: AisleConfig, folds: list[int]) -> dict[str, bool]:
+    """Per tower attribute (``image_encoder``, ``text_encoder``): whether it is encoded once for all ``folds``,
+    through the feature cache, rather than per fold. A fold checkpoint leaves out exactly the towers its training
+    never changed (they are the run's template), so a tower every fold left out is the same in all of them."""
+    if not cfg.runtime.feature_cache or not rd.template.is_file():
+        return {"image_encoder": False, "text_encoder": False}
+    stage = rd.final_stage(cfg)
+    left_out = [set(excluded_prefixes(rd.fold(stage, k).best)) for k in folds]
+    return {attr: all(f"{attr}." in s for s in left_out) for attr in ("image_encoder", "text_encoder")}
+
+
 def _shared_features(
     rd: RunDir,
     models: dict[int, ProductClassifier],
@@ -107,22 +118,16 @@ def _shared_features(
     """Features of towers that training never changed (every fold holds the run's initial weights: frozen),
     encoded once for all folds and kept in the feature cache: {("image", size, view): (feats, has_image),
     ("text",): feats}."""
-    if not cfg.runtime.feature_cache or not rd.template.is_file():
+    shared = shared_towers(rd, cfg, list(models))
+    if not any(shared.values()):
         return {}
     from aisle.cache.encode import EncodeOptions, tower_features
     from aisle.cache.keys import tower_key
 
-    stage = rd.final_stage(cfg)
-    # a fold checkpoint leaves out exactly the towers its training never changed (they are the template's)
-    left_out = [set(excluded_prefixes(rd.fold(stage, k).best)) for k in models]
-
-    def frozen(attr: str) -> bool:
-        return all(f"{attr}." in s for s in left_out)
-
     out: dict = {}
     opts = EncodeOptions.create(cfg.data, cfg.runtime, batch_size)
     first = next(iter(models.values()))
-    if first.image_encoder is not None and frozen("image_encoder"):
+    if first.image_encoder is not None and shared["image_encoder"]:
         sizes: list[int | None] = [*scales] or [None]
         for size in sizes:
             s = size or first.image_encoder.preprocess.size
@@ -131,7 +136,7 @@ def _shared_features(
                 out[("image", size, view)] = tower_features(
                     first.image_encoder, products, cfg.runtime.cache_dir, view=view, opts=opts, image_size=s, key=key
                 )
-    if first.text_encoder is not None and frozen("text_encoder"):
+    if first.text_encoder is not None and shared["text_encoder"]:
         out[("text",)] = tower_features(first.text_encoder, products, cfg.runtime.cache_dir, opts=opts)[0]
     return out
 
@@ -243,7 +248,7 @@ def predict(
     products = read_products(rd, cfg, data, image_dir, allow_missing_text)
     issues = None
     if next(iter(models.values())).image_encoder is not None:
-        check_images(products, allow_missing_images)
+        check_images(any(len(p) for p in products.image_paths), len(products), products.source, allow_missing_images)
         issues = report_image_issues(products, cfg.data, False, cfg.runtime.cache_dir)  # one line, once
     if cfg.runtime.num_workers and len(products) < 256:  # worker start-up costs more than it saves
         cfg.runtime.num_workers = 0

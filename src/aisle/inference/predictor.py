@@ -7,8 +7,6 @@ once for all folds and their features rounded to float16, exactly as the feature
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,17 +15,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aisle.data.images import IMAGE_EXTENSIONS, as_rgb, decode_image_bytes, open_image, placeholder_image
+from aisle.data.images import (
+    as_rgb,
+    decode_image_bytes,
+    image_files,
+    natural_key,
+    open_image,
+    placeholder_image,
+)
 from aisle.data.labels import LabelMap
 from aisle.data.schema import ProductSchema, text_of
 from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.evaluation.calibration import rescale_probs
-from aisle.inference.predict import load_fold_models, mean_softmax
+from aisle.inference.predict import load_fold_models, mean_softmax, shared_towers
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import image_preprocess
 from aisle.rundir import RunDir
-from aisle.serialization import excluded_prefixes, read_json
+from aisle.serialization import read_json
 from aisle.tables import require_finite
 
 __all__ = ["FolderImages", "ImageInput", "Predictor", "RunModels", "image_input"]
@@ -83,12 +88,7 @@ class RunModels:
         )
         self.first = next(iter(self.models.values()))
         self.pre = image_preprocess(self.first)
-        stage = rd.final_stage(cfg)
-        left_out = [set(excluded_prefixes(rd.fold(stage, k).best)) for k in self.models]
-        shared = cfg.runtime.feature_cache and rd.template.is_file()
-        self.frozen = {
-            attr: bool(shared) and all(f"{attr}." in s for s in left_out) for attr in ("image_encoder", "text_encoder")
-        }
+        self.frozen = shared_towers(rd, cfg, list(self.models))  # encoded once for all folds, as predict does
         self.sizes = list(cfg.infer.scales) or ([self.pre.size] if self.pre is not None else [])
         self.views: list[Callable | None] = [None, *(TTA_POLICIES.get(v) for v in cfg.infer.tta)]
         self.transforms = {
@@ -294,7 +294,7 @@ class FolderImages:
         if stamp == self._stamp:
             return
         index: dict[str, list[str]] = {}
-        for path in _image_files(self.folder):
+        for path in image_files(self.folder):
             stem = Path(path).stem
             index.setdefault(stem, []).append(path)
             pos = stem.rfind("_")
@@ -306,20 +306,6 @@ class FolderImages:
     def get(self, pid: str) -> list[str]:
         """The product's images: exact names first, then ``<id>_*`` in natural order."""
         self._refresh()
-        return sorted(self._index.get(pid, []), key=_natural) + sorted(self._index.get(f"{pid}\0_", []), key=_natural)
-
-
-def _natural(path: str) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(path).name)]
-
-
-def _image_files(folder: Path) -> list[str]:
-    out = []
-    with os.scandir(folder) as top:
-        for entry in top:
-            if entry.is_dir(follow_symlinks=False):
-                with os.scandir(entry.path) as inner:
-                    out += [e.path for e in inner if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(entry.path)
-    return out
+        return sorted(self._index.get(pid, []), key=natural_key) + sorted(
+            self._index.get(f"{pid}\0_", []), key=natural_key
+        )
