@@ -356,6 +356,103 @@ def test_an_unreachable_hf_model_fails_before_the_run_folder(
     assert not rd.exists()
 
 
+@pytest.fixture
+def no_hub(monkeypatch) -> list[str]:
+    """The hub cannot be reached (the probe is counted); the process-wide offline switch is restored afterwards."""
+    from huggingface_hub import constants
+
+    import aisle.models.hub as hub
+
+    probes: list[str] = []
+    monkeypatch.setattr(hub, "_probe", lambda endpoint, timeout: probes.append(endpoint) or False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(tempfile.mkdtemp()) / "hub"))
+    hub.hub_reachable.cache_clear()
+    yield probes
+    hub.hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (
+            {"type": "image", "image": {"name": "timm:resnet18", "pretrained": True}, "image_size": 32},
+            ["model.image.name", "timm/resnet18.a1_in1k", "timm:local-dir:/path/to/folder"],
+        ),
+        (
+            {"type": "dual", "dual": {"name": "open_clip:ViT-B-32/laion2b_s34b_b79k", "pretrained": True}},
+            ["model.dual.name", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"],
+        ),
+    ],
+)
+def test_a_hub_tower_fails_fast_offline_before_the_run_folder(
+    tmp_path, catalogue, capsys, no_hub, model, expected
+) -> None:
+    rd = tmp_path / "run"
+    cfg = _config(tmp_path, catalogue, model=model)
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd)]) == 2
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert all(e in err for e in expected) and "cannot reach" in err, err
+    assert not rd.exists(), "nothing is written for a model that cannot be downloaded"
+    assert len(no_hub) == 1, "the hub is probed once per process"
+    from huggingface_hub import is_offline_mode
+
+    assert is_offline_mode(), "once the hub is known to be unreachable, Hugging Face libraries stop retrying"
+
+
+def test_cached_hub_weights_need_no_network(no_hub) -> None:
+    from huggingface_hub import constants
+
+    from aisle.models.hub import hub_source, require_hub_weights
+
+    source = hub_source("timm", "resnet18", pretrained=True)
+    with pytest.raises(ValueError, match="not in the local cache"):
+        require_hub_weights("model.image.name", "timm:resnet18", source)
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    require_hub_weights("model.image.name", "timm:resnet18", source)  # cached: no error
+
+
+@pytest.mark.parametrize(
+    ("prefix", "model", "pretrained", "repo"),
+    [
+        ("timm", "resnet18", True, "timm/resnet18.a1_in1k"),
+        ("timm", "resnet18", False, None),
+        ("timm", "local-dir:/some/folder", True, None),
+        ("timm", "hf-hub:someone/weights", True, "someone/weights"),
+        ("hf", "sentence-transformers/all-MiniLM-L6-v2", False, "sentence-transformers/all-MiniLM-L6-v2"),
+        ("hf-siglip", "tiny", True, None),
+        ("open_clip", "tiny", True, None),
+        ("open_clip", "ViT-B-32/laion2b_s34b_b79k", False, None),
+        ("ngram", "word1-2", True, None),
+    ],
+)
+def test_which_towers_need_the_hub(tmp_path, prefix, model, pretrained, repo) -> None:
+    from aisle.models.hub import hub_source
+
+    source = hub_source(prefix, model, pretrained)
+    assert (source.repo if source is not None else None) == repo
+    assert hub_source("hf", str(tmp_path), True) is None, "a folder needs no network"
+
+
+def test_the_hub_probe_answers_quickly() -> None:
+    from aisle.models.hub import _probe
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert _probe(f"http://127.0.0.1:{port}", 1.0)
+    t0 = time.perf_counter()
+    assert not _probe(f"http://127.0.0.1:{port}", 1.0), "a closed port is not the hub"
+    assert time.perf_counter() - t0 < 1.5
+
+
 # ---------------------------------------------------------------- messages
 
 

@@ -14,6 +14,7 @@ from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
+from aisle.models.hub import hub_source, require_hub_weights
 from aisle.models.image_towers import IMAGE_TOWERS, check_timm_name
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
 from aisle.models.text_towers import TEXT_TOWERS, check_hf_name
@@ -74,6 +75,8 @@ def check_tower_names(mcfg: ModelConfig) -> None:
                 check(model)
         except ValueError as e:
             raise ValueError(f"model.{section}.name: {e}") from None
+        pretrained = bool(getattr(getattr(mcfg, section), "pretrained", False))
+        require_hub_weights(f"model.{section}.name", name, hub_source(prefix, model, pretrained))
 
 
 def create_towers(
