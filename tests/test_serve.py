@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +146,189 @@ def test_limits_on_body_size_and_item_count(run) -> None:
         assert big.status_code == 413 and "--max-body-mb" in big.json()["error"]
         many = c.post("/v1/predict", json={"items": _items(run[1])[:3]})
         assert many.status_code == 413 and "--max-items" in many.json()["error"]
+
+
+def _multipart(items: list[dict], keep_b64: int | None = None) -> tuple[dict, list]:
+    """``items`` (JSON items with base64 images) as a form: the ``items`` field without the images, which go as
+    files ``image.<i>`` (except item ``keep_b64``'s, left as base64 in the JSON)."""
+    bare = [{**item, "image": None} if k != keep_b64 else item for k, item in enumerate(items)]
+    files = [
+        (f"image.{k}", (f"{item['id']}.jpg", base64.b64decode(item["image"]), "image/jpeg"))
+        for k, item in enumerate(items)
+        if item["image"] is not None and k != keep_b64
+    ]
+    return {"items": json.dumps(bare)}, files
+
+
+def _good(cat: Path) -> list[dict]:
+    return [i for i in _items(cat) if i["image"] is None or _decodes(i["image"])]
+
+
+def test_multipart_answers_equal_the_json_body_in_request_order(run, client) -> None:
+    items = _good(run[1])[::-1]
+    items[2] = {**items[2], "image": None}  # the missing-image path
+    with_image = [k for k, i in enumerate(items) if i["image"] is not None]
+    assert len(with_image) >= 3  # one image stays base64 in the JSON, the others go as files
+    classes = client.get("/v1/model").json()["classes"]
+    as_json = client.post("/v1/predict", params={"k": len(classes)}, json={"items": items})
+    data, files = _multipart(items, keep_b64=with_image[0])
+    as_form = client.post("/v1/predict", params={"k": len(classes)}, data=data, files=files)
+    assert as_json.status_code == 200 and as_form.status_code == 200, as_form.text
+    assert [p["id"] for p in as_form.json()["predictions"]] == [i["id"] for i in items]
+    assert np.allclose(_probs(as_form.json(), classes), _probs(as_json.json(), classes), atol=1e-6, rtol=0)
+
+
+def test_a_one_item_form_is_its_fields_and_one_image_file(run, client) -> None:
+    item = next(i for i in _good(run[1]) if i["image"] is not None)
+    classes = client.get("/v1/model").json()["classes"]
+    fields = {k: item[k] for k in ("id", "title", "description")}
+    image = ("x.jpg", base64.b64decode(item["image"]), "image/jpeg")
+    as_form = client.post("/v1/predict", params={"k": len(classes)}, data=fields, files={"image": image})
+    as_json = client.post("/v1/predict", params={"k": len(classes)}, json={"items": [item]})
+    assert as_form.status_code == 200, as_form.text
+    assert as_form.json()["predictions"][0]["id"] == item["id"]
+    assert np.allclose(_probs(as_form.json(), classes), _probs(as_json.json(), classes), atol=1e-6, rtol=0)
+    text_only = [(k, (None, v)) for k, v in fields.items()]  # multipart with no file: the missing-image path
+    no_image = client.post("/v1/predict", files=text_only)
+    assert (
+        no_image.status_code == 200
+        and no_image.json() == client.post("/v1/predict", json={"items": [{**item, "image": None}]}).json()
+    )
+
+
+def test_a_browser_form_with_no_file_chosen_takes_the_missing_image_path(client) -> None:
+    fields = [("id", "a"), ("title", "t"), ("description", "")]
+    parts = [f'Content-Disposition: form-data; name="{k}"\r\n\r\n{v}' for k, v in fields]
+    parts.append(
+        'Content-Disposition: form-data; name="image"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
+    body = "".join(f"--b0\r\n{p}\r\n" for p in parts) + "--b0--\r\n"
+    r = client.post("/v1/predict", content=body.encode(), headers={"content-type": "multipart/form-data; boundary=b0"})
+    assert r.status_code == 200, r.text
+    assert r.json() == client.post("/v1/predict", json={"items": [{**dict(fields), "image": None}]}).json()
+
+
+def test_a_file_for_an_item_that_is_not_there_is_a_400_naming_it(run, client) -> None:
+    data, files = _multipart(_good(run[1])[:2])
+    r = client.post("/v1/predict", data=data, files=[*files, ("image.5", ("x.jpg", b"pixels", "image/jpeg"))])
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["item"] == 5 and body["field"] == "image.5" and "'image.5'" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"), [(b"plain text, not pixels", "not_an_image"), (base64.b64decode(_png(100)), "bomb")]
+)
+def test_a_bad_image_file_gets_a_4xx_naming_it_and_the_server_keeps_serving(run, client, data, reason) -> None:
+    items = _good(run[1])[:3]
+    form, files = _multipart(items)
+    files = [f for f in files if f[0] != "image.1"] + [("image.1", ("bad.jpg", data, "image/jpeg"))]
+    r = client.post("/v1/predict", data=form, files=files)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["item"] == 1 and body["field"] == "image" and reason in body["error"]
+    assert client.post("/v1/predict", data=form, files=_multipart(items)[1]).status_code == 200
+
+
+def _item_fields() -> dict:
+    return {"id": "a", "title": "t", "description": ""}
+
+
+MALFORMED_FORMS = {
+    "items_not_json": ({"items": "[{not json"}, [], 400, "items"),
+    "items_not_a_list": ({"items": '{"id": "a"}'}, [], 422, "items"),
+    "unknown_file_name": ({"items": json.dumps([_item_fields()])}, [("photo", b"x")], 400, "photo"),
+    "bare_image_next_to_items": ({"items": json.dumps([_item_fields()])}, [("image", b"x")], 400, "image"),
+    "two_files_for_one_item": ({"items": json.dumps([_item_fields()])}, [("image.0", b"x")] * 2, 400, "image.0"),
+    "field_next_to_items": ({"items": json.dumps([_item_fields()]), "title": "t"}, [], 400, "title"),
+    "indexed_file_without_items": (_item_fields(), [("image.0", b"x")], 400, "image.0"),
+    "base64_and_file": (
+        {"items": json.dumps([{**_item_fields(), "image": _png(8)}])},
+        [("image.0", b"x")],
+        400,
+        "image",
+    ),
+    "too_many_items": ({"items": json.dumps([_item_fields()] * 65)}, [], 413, None),
+    "text_too_long": ({**_item_fields(), "title": "w" * 30_000}, [], 413, "title"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FORMS))
+def test_malformed_forms_get_a_4xx_naming_the_part(client, case) -> None:
+    data, files, status, field = MALFORMED_FORMS[case]
+    parts = [(k, (None, v)) for k, v in data.items()] + [(k, ("f.jpg", b, "image/jpeg")) for k, b in files]
+    r = client.post("/v1/predict", files=parts)  # multipart even without a file
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+
+
+def test_a_form_without_files_must_be_multipart(client) -> None:
+    r = client.post("/v1/predict", data=_item_fields())  # x-www-form-urlencoded
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+
+
+def test_an_oversize_multipart_body_is_a_413(run) -> None:
+    data = _multipart(_good(run[1])[:1])[0]
+    files = [("image.0", ("x.png", b"\0" * 20_000, "image/png"))]
+    with TestClient(create_app(ServeSettings(run[0], max_body_mb=0.01), load_in_background=False)) as c:
+        sized = c.post("/v1/predict", data=data, files=files)  # refused on its Content-Length
+        size = int(sized.request.headers["content-length"])
+        assert sized.status_code == 413 and f"request body of {size:,} bytes" in sized.json()["error"]
+        request = c.build_request("POST", "/v1/predict", data=data, files=files)
+        body, content_type = request.read(), request.headers["content-type"]
+        streamed = c.post("/v1/predict", content=iter([body]), headers={"content-type": content_type})
+        assert "content-length" not in streamed.request.headers  # refused while the body is read
+        assert streamed.status_code == 413 and "--max-body-mb" in streamed.json()["error"]
+        assert (
+            c.post(
+                "/v1/predict", files={"id": (None, "a"), "title": (None, "t"), "description": (None, "")}
+            ).status_code
+            == 200
+        )
+
+
+class _DiskWrites:
+    """Files opened for writing (and temporary files made) while a test watches, seen by an audit hook; Python
+    cannot remove one, so it is installed once and idles when no test watches."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] | None = None
+        self.installed = False
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if self.seen is None:
+            return
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+        if (event == "open" and isinstance(args[2], int) and args[2] & writing) or event.startswith("tempfile."):
+            self.seen.append(f"{event} {args[0]!r}")
+
+    @contextmanager
+    def watch(self) -> Iterator[list[str]]:
+        if not self.installed:
+            sys.addaudithook(self)
+            self.installed = True
+        self.seen = []
+        try:
+            yield self.seen
+        finally:
+            self.seen = None
+
+
+_DISK_WRITES = _DiskWrites()
+
+
+def test_a_multipart_request_never_touches_disk(run, client) -> None:
+    item = next(i for i in _good(run[1]) if i["image"] is not None)
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, format="PNG")
+    # past Starlette's 1 MB spool: request.form() would roll this file over to a temporary file on disk
+    big = buf.getvalue() + b"\0" * (2 * 2**20)
+    data = _multipart([item])[0]
+    files = [("image.0", ("big.png", big, "image/png"))]
+    with _DISK_WRITES.watch() as writes:
+        r = client.post("/v1/predict", data=data, files=files)
+    assert r.status_code == 200, r.text
+    assert writes == []
 
 
 def test_ready_is_false_until_the_model_is_loaded(run, monkeypatch) -> None:

@@ -4,6 +4,11 @@ The model is loaded once, in the background, from the run folder alone (``/ready
 memory). Requests are checked before any model work: body size, item count, field types and text length, and
 every image is decoded up front, so a bad item gets a 4xx naming it and never reaches a batch. Nothing from a
 request is written to disk and no URL in it is ever fetched.
+
+``POST /v1/predict`` takes a JSON body (:func:`aisle.serve.items.parse_items`) or, when the Content-Type says
+``multipart/form-data``, a form with image files (:mod:`aisle.serve.forms`: a text field ``items`` with the JSON
+list of items and a file ``image.<i>`` per item, ``i`` its position from 0; or one item's fields and one ``image``
+file). Both are read through the same body limit and give the same items, so the same answers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from aisle.serve.batcher import Batcher
+from aisle.serve.forms import media_type, parse_form
 from aisle.serve.items import RequestError, parse_items, top_k
 from aisle.serve.settings import ServeSettings
 
@@ -101,8 +107,36 @@ def _info_routes(app: FastAPI, state: _State, metrics: _Metrics) -> None:
         return JSONResponse(state.predictor.describe())
 
 
-def _too_big(size: int, limit: int) -> JSONResponse:
-    return _error(413, f"request body of {size:,} bytes is over the limit of {limit:,} (--max-body-mb)")
+def _too_big(limit: int, size: int | None = None) -> JSONResponse:
+    what = "request body" if size is None else f"request body of {size:,} bytes"
+    return _error(413, f"{what} is over the limit of {limit:,} bytes (--max-body-mb)")
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` bytes (one sent without a Content-Length, which the
+    middleware cannot check, is never held whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes, content_type: str, predictor: Predictor, settings: ServeSettings) -> list[dict[str, Any]]:
+    """The items of a multipart form or, whatever else the Content-Type says, of a JSON body.
+
+    Raises:
+        RequestError: a bad body; 415 for a form without files (``x-www-form-urlencoded``): send it as multipart.
+    """
+    kind = media_type(content_type)
+    if kind == "multipart/form-data":
+        return parse_form(body, content_type, predictor, settings)
+    if kind == "application/x-www-form-urlencoded":
+        raise RequestError(415, "send the form as multipart/form-data (even with no file in it) or send JSON")
+    return parse_items(body, predictor, settings)
 
 
 def _predict_route(app: FastAPI, state: _State, metrics: _Metrics, settings: ServeSettings) -> None:
@@ -112,17 +146,18 @@ def _predict_route(app: FastAPI, state: _State, metrics: _Metrics, settings: Ser
     async def body_limit(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > limit:
-            return _too_big(int(size), limit)
+            return _too_big(limit, int(size))
         return await call_next(request)
 
     async def answer(request: Request, k: int) -> JSONResponse:
         if state.predictor is None:
             return _error(503, "the model is not loaded yet; poll /ready")
-        body = await request.body()
-        if len(body) > limit:
-            return _too_big(len(body), limit)
+        body = await _read_body(request, limit)
+        if body is None:
+            return _too_big(limit)
         try:
-            items = await asyncio.to_thread(parse_items, body, state.predictor, settings)
+            content_type = request.headers.get("content-type", "")
+            items = await asyncio.to_thread(_parse, body, content_type, state.predictor, settings)
         except RequestError as e:
             return _error(e.status, str(e), item=e.item, field=e.field)
         try:

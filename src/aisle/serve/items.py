@@ -1,10 +1,15 @@
-"""A prediction request's JSON checked and turned into predictor items, or a 4xx naming the item and field."""
+"""A prediction request's items checked and turned into predictor items, or a 4xx naming the item and field.
+
+The JSON body is parsed here; a multipart form (:mod:`aisle.serve.forms`) is turned into the same list of items
+plus image bytes per item, and both go through :func:`build_items`, so every per-item check is the same.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,7 +18,7 @@ from aisle.data.images import decode_image_bytes
 from aisle.inference.predictor import Predictor
 from aisle.serve.settings import ServeSettings
 
-__all__ = ["RequestError", "parse_items", "top_k"]
+__all__ = ["RequestError", "build_items", "item_list", "parse_items", "top_k"]
 
 
 class RequestError(ValueError):
@@ -24,7 +29,18 @@ class RequestError(ValueError):
         self.status, self.item, self.field = status, item, field
 
 
-def _image(value: Any, i: int, max_pixels: int):
+def _decode(data: bytes, i: int, max_pixels: int):
+    image, reason = decode_image_bytes(data, max_pixels)
+    if image is None:
+        raise RequestError(422, f"item {i}: 'image' cannot be used ({reason})", i, "image")
+    return image
+
+
+def _image(value: Any, file: bytes | None, i: int, max_pixels: int):
+    if file is not None:
+        if value is not None:
+            raise RequestError(400, f"item {i}: an image both in 'image' and as a file part; send one", i, "image")
+        return _decode(file, i, max_pixels)
     if value is None:
         return None
     if not isinstance(value, str):
@@ -33,13 +49,12 @@ def _image(value: Any, i: int, max_pixels: int):
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as e:
         raise RequestError(422, f"item {i}: 'image' is not valid base64 ({e})", i, "image") from e
-    image, reason = decode_image_bytes(data, max_pixels)
-    if image is None:
-        raise RequestError(422, f"item {i}: 'image' cannot be used ({reason})", i, "image")
-    return image
+    return _decode(data, i, max_pixels)
 
 
-def _item(raw: Any, i: int, text_cols: list[str], settings: ServeSettings, max_pixels: int) -> dict[str, Any]:
+def _item(
+    raw: Any, file: bytes | None, i: int, text_cols: list[str], settings: ServeSettings, max_pixels: int
+) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RequestError(422, f"item {i} must be a JSON object", i)
     pid = raw.get("id")
@@ -59,8 +74,47 @@ def _item(raw: Any, i: int, text_cols: list[str], settings: ServeSettings, max_p
                 413, f"item {i}: field {col!r} has {len(value):,} characters, over {settings.max_text_chars:,}", i, col
             )
         item[col] = value
-    item["image"] = _image(raw.get("image"), i, max_pixels)
+    item["image"] = _image(raw.get("image"), file, i, max_pixels)
     return item
+
+
+def item_list(raw: Any, settings: ServeSettings, shape: str) -> list[Any]:
+    """``raw`` if it is a non-empty list within ``--max-items``.
+
+    Args:
+        raw: what the request gave as its items.
+        settings: the limits.
+        shape: what the request should have sent, for the message.
+
+    Raises:
+        RequestError: 422 not a non-empty list, 413 too many items.
+    """
+    if not isinstance(raw, list) or not raw:
+        raise RequestError(422, f"{shape} with at least one item", field="items")
+    if len(raw) > settings.max_items:
+        raise RequestError(
+            413, f"{len(raw)} items in one request, over the limit of {settings.max_items} (--max-items)"
+        )
+    return raw
+
+
+def build_items(
+    raw: list[Any], predictor: Predictor, settings: ServeSettings, files: Mapping[int, bytes] | None = None
+) -> list[dict[str, Any]]:
+    """The request's items (JSON objects) as predictor items, in order, every image decoded.
+
+    Args:
+        raw: the items, as :func:`item_list` checked them.
+        predictor: what the run reads (text fields, image pixel limit).
+        settings: the limits.
+        files: encoded image bytes by item position (multipart file parts), in place of a base64 ``image``.
+
+    Raises:
+        RequestError: a bad item (the message names it and its field).
+    """
+    files = files or {}
+    cols, max_pixels = predictor.text_columns, predictor.max_image_pixels
+    return [_item(r, files.get(i), i, cols, settings, max_pixels) for i, r in enumerate(raw)]
 
 
 def parse_items(body: bytes, predictor: Predictor, settings: ServeSettings) -> list[dict[str, Any]]:
@@ -74,14 +128,7 @@ def parse_items(body: bytes, predictor: Predictor, settings: ServeSettings) -> l
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the body is not JSON: {e}") from e
     raw = payload.get("items") if isinstance(payload, dict) else None
-    if not isinstance(raw, list) or not raw:
-        raise RequestError(422, 'the body must be {"items": [ ... ]} with at least one item', field="items")
-    if len(raw) > settings.max_items:
-        raise RequestError(
-            413, f"{len(raw)} items in one request, over the limit of {settings.max_items} (--max-items)"
-        )
-    max_pixels = predictor.max_image_pixels
-    return [_item(r, i, predictor.text_columns, settings, max_pixels) for i, r in enumerate(raw)]
+    return build_items(item_list(raw, settings, 'the body must be {"items": [ ... ]}'), predictor, settings)
 
 
 def top_k(items: list[dict[str, Any]], probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:
