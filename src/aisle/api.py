@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from aisle.inference.inputs import check_images
 from aisle.inference.items import frame_items
 from aisle.inference.predict import predict
 from aisle.inference.predictor import FolderImages, Predictor
+from aisle.logging_setup import quiet_libraries
+from aisle.progress import show_progress, step
 from aisle.rundir import RunDir
 from aisle.training.cv import run_cv
 
@@ -40,6 +44,8 @@ class Classifier:
         config: a config object, a YAML path, or None for defaults.
         overrides: ``key.path=value`` strings applied on top.
         run_dir: where the run folder goes (default: a new temporary folder).
+        progress: draw tqdm bars for long steps (feature encoding, image checks, epochs, batch prediction).
+            Lightning's banners and tips are never printed; aisle's own warnings go to the ``aisle`` logger.
     """
 
     def __init__(
@@ -47,12 +53,14 @@ class Classifier:
         config: AisleConfig | str | Path | None = None,
         overrides: list[str] | None = None,
         run_dir: str | Path | None = None,
+        progress: bool = True,
     ) -> None:
         if isinstance(config, AisleConfig):
             self.config = validate_config(apply_overrides(config.model_dump(), overrides or []), "AisleConfig")
         else:
             self.config = load_config(config, overrides)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
         self.summary_: dict | None = None
         self._loaded: tuple[Path, Predictor] | None = None
         self.backend = "torch"
@@ -64,10 +72,17 @@ class Classifier:
         """K-fold training on ``df`` (columns inferred as in the CLI); images are found under ``data_root``."""
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="aisle-run-"))
-        self.summary_ = run_cv(
-            self.config, self.run_dir, overwrite=overwrite, folds=folds, frame=df, base_dir=data_root
-        )
+        with self._quiet():
+            self.summary_ = run_cv(
+                self.config, self.run_dir, overwrite=overwrite, folds=folds, frame=df, base_dir=data_root
+            )
         return self
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Bars as chosen, no third-party banners."""
+        with show_progress("tqdm" if self.progress else None), quiet_libraries():
+            yield
 
     def _require_fitted(self) -> Path:
         if self.run_dir is None or not RunDir(self.run_dir).is_finished():
@@ -107,14 +122,16 @@ class Classifier:
                 has = any(i.get("image") for i in items)
                 check_images(has, len(items), "input", allow.get("allow_missing_images", False))
             return p.predict_proba(items), p.classes, p.label_col
-        pred = predict(
-            run,
-            data,
-            tta=tta,
-            image_dir=image_dir,
-            allow_missing_text=allow.get("allow_missing_text", False),
-            allow_missing_images=allow.get("allow_missing_images", False),
-        )
+        with self._quiet(), step("predicting", None) as advance:
+            pred = predict(
+                run,
+                data,
+                tta=tta,
+                image_dir=image_dir,
+                progress=advance,
+                allow_missing_text=allow.get("allow_missing_text", False),
+                allow_missing_images=allow.get("allow_missing_images", False),
+            )
         return pred.probs, list(pred.label_map.classes), pred.label_col
 
     def predict_proba(
@@ -170,7 +187,7 @@ class Classifier:
         return dst
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "torch") -> Classifier:
+    def load(cls, path: str | Path, backend: str = "torch", progress: bool = True) -> Classifier:
         """A fitted classifier from a run folder (``aisle train`` output or ``save``).
 
         Args:
@@ -180,7 +197,7 @@ class Classifier:
         rd = RunDir(path)
         if not rd.is_run():
             raise FileNotFoundError(f"{rd.root} is not a run folder (no {rd.config.name})")
-        clf = cls(rd.config, run_dir=rd.root)
+        clf = cls(rd.config, run_dir=rd.root, progress=progress)
         clf.backend = backend
         clf._require_fitted()
         if backend != "torch":

@@ -1,14 +1,44 @@
-"""Logging for the CLI: rich-rendered, one place."""
+"""Logging: rich-rendered for the CLI, and the third-party noise both the CLI and the Python API hide."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["setup_logging"]
+__all__ = ["quiet_libraries", "setup_logging"]
+
+# Lightning's banners (accelerator summary, product tips, "stopped: max_epochs reached") are noise next to ours
+_CHATTY = ("lightning.pytorch", "lightning.fabric", "lightning")
+_NOISE = (
+    r"Found \d+ module\(s\) in eval mode",  # frozen towers are kept in eval mode on purpose (BatchNorm, dropout)
+    r".*isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning, nothing a user can act on
+)
+
+
+def _hide_noise() -> None:
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in _NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Hide the third-party noise inside the block only (the Python API: the caller's logging is restored)."""
+    loggers = [logging.getLogger(name) for name in _CHATTY]
+    levels = [lg.level for lg in loggers]
+    try:
+        with warnings.catch_warnings():
+            _hide_noise()
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def setup_logging(level: int = logging.INFO, console: Console | None = None) -> None:
@@ -25,9 +55,4 @@ def setup_logging(level: int = logging.INFO, console: Console | None = None) -> 
     root.setLevel(level)
     root.propagate = False
     logging.captureWarnings(True)
-    # Lightning's banners (accelerator summary, product tips) are noise next to our own progress lines
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # frozen towers are kept in eval mode on purpose (BatchNorm statistics, dropout)
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    _hide_noise()

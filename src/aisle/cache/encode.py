@@ -23,6 +23,7 @@ from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
 from aisle.models.base import Tower
 from aisle.paths import require_writable
+from aisle.progress import step
 
 __all__ = ["EncodeOptions", "encode_batch_size", "encode_products", "tower_features"]
 
@@ -150,7 +151,8 @@ def tower_features(
 
     def compute(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         require_writable(cache_dir, _CACHE)  # before encoding: what is encoded now must be stored
-        return encode_products(tower, products.subset(positions), view, opts, size)
+        with step(f"encoding {tower.modality} ({view})", len(positions)) as advance:
+            return encode_products(tower, products.subset(positions), view, opts, size, progress=advance)
 
     try:  # only new features need a writable cache: one that holds them all may be read-only
         feats, masks, n_new = FeatureStore(cache_dir).get(tkey, view, items, compute)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from pathlib import Path
@@ -10,10 +11,10 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from aisle.config import ConfigError, load_config
 from aisle.logging_setup import setup_logging
+from aisle.progress import rich_progress, set_progress, step
 
 __all__ = ["app", "main"]
 
@@ -36,6 +37,7 @@ def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
 ) -> None:
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, err_console)
+    set_progress("rich", err_console)  # every long step of the command draws a bar on stderr
 
 
 # what a user can cause (bad config, data or paths, read-only folders, a folder in use): a message and exit 2, no
@@ -56,17 +58,6 @@ def _writable(folder: Path, what: str) -> None:
         require_writable(folder, what)
     except PermissionError as e:
         _fail(str(e))
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
 
 
 @app.command()
@@ -92,7 +83,7 @@ def check(
             cfg.data.image_dir = str(image_dir)  # a path, not a YAML value: set after parsing
         if data is None and not (cfg.data.train_csv or cfg.data.class_folder):
             _fail("nothing to check: pass --data TABLE or a --config with data.train_csv / data.class_folder")
-        with _progress() as bar:
+        with rich_progress(err_console) as bar:
             task = bar.add_task("decoding images", total=None)
             report = run_check(
                 cfg.data,
@@ -202,8 +193,7 @@ def predict(
     out = out or RunDir(run_dir).predictions
     _writable(out, "output folder (--out)")
     try:
-        with _progress() as bar:
-            task = bar.add_task("predicting", total=None)
+        with step("predicting", None) as advance:
             pred = run_predict(
                 run_dir,
                 data,
@@ -212,7 +202,7 @@ def predict(
                 scales=scale,
                 batch_size=batch_size,
                 image_dir=image_dir,
-                progress=lambda k: bar.advance(task, k),
+                progress=advance,
                 allow_missing_text=allow_missing_text,
                 allow_missing_images=allow_missing_images,
             )
@@ -376,8 +366,9 @@ app.command()(export)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (for tests and ``python -m aisle``)."""
-    try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="aisle", standalone_mode=True)
+    args = argv if argv is not None else sys.argv[1:]
+    try:  # in a copy of the context: the progress choice made for this command does not outlive it
+        contextvars.copy_context().run(app, args=args, prog_name="aisle", standalone_mode=True)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from aisle.config import DataConfig
 from aisle.data.images import MISSING, REASONS, ImageIssue, file_problem, probe_image
 from aisle.data.products import Products
+from aisle.progress import step
 
 __all__ = ["images_read", "report_image_issues", "scan_image_issues", "summarise", "write_image_issues"]
 
@@ -79,9 +80,11 @@ def _decode_problems(
     keys = {p: _memo_key(p, max_pixels) for p in paths}
     memo = _read_memo(memo_path)
     todo = [p for p in paths if keys[p] is None or keys[p] not in memo]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        probes = pool.map(lambda p: probe_image(p, products.roots, max_pixels), todo)
-        found = {p: probe.reason or "" for p, probe in zip(todo, probes)}
+    found: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool, step("checking images", len(todo)) as advance:
+        for p, probe in zip(todo, pool.map(lambda p: probe_image(p, products.roots, max_pixels), todo)):
+            found[p] = probe.reason or ""
+            advance(1)
     for p, reason in found.items():
         key = keys[p]
         if key is not None:

@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 from typing import cast
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from torch import nn
 
 from aisle.rundir import FoldDir
 from aisle.serialization import load_optimizer_state, save_optimizer_state, save_weights, write_json
 
-__all__ = ["HISTORY_FIELDS", "EpochCheckpoint", "ResumeState", "seed_epoch"]
+__all__ = ["HISTORY_FIELDS", "EpochCheckpoint", "ResumeState", "epoch_bar", "seed_epoch"]
+
+
+def _epoch_label(trainer: L.Trainer, epoch: int) -> str:
+    """``Epoch 3/15``: counted from 1, like ``history.csv`` and ``best_epoch`` (Lightning's bars count from 0 and
+    end at ``Epoch 14/14`` for 15 epochs)."""
+    return (
+        f"Epoch {epoch + 1}/{trainer.max_epochs}"
+        if trainer.max_epochs and trainer.max_epochs > 0
+        else f"Epoch {epoch + 1}"
+    )
+
+
+class _RichEpochBar(RichProgressBar):
+    def _get_train_description(self, current_epoch: int) -> str:
+        label = _epoch_label(self.trainer, current_epoch)
+        return f"{label:{len(self.validation_description)}}"  # padded as Lightning does (no flicker)
+
+
+class _TqdmEpochBar(TQDMProgressBar):
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: object) -> None:  # Lightning's, with our label
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        total = self.total_train_batches
+        self.train_progress_bar.reset(total=None if math.isinf(total) else int(total))
+        self.train_progress_bar.initial = 0
+        self.train_progress_bar.set_description(_epoch_label(trainer, trainer.current_epoch))
+
+
+def epoch_bar(kind: str | None) -> L.Callback | None:
+    """Lightning's epoch bar of the kind the caller draws (``rich`` for the CLI, ``tqdm`` for the API), 1-based."""
+    return {"rich": _RichEpochBar, "tqdm": _TqdmEpochBar}[kind]() if kind else None
 
 
 def seed_epoch(seed: int, epoch: int, generator: torch.Generator | None) -> None:

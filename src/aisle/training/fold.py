@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -23,10 +22,11 @@ from aisle.data.prepare import TrainingData
 from aisle.evaluation.metrics import classification_metrics
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import loader_inputs, set_trainable, use_channels_last
+from aisle.progress import bar_kind, bars_on
 from aisle.rundir import FoldDir, RunDir
 from aisle.serialization import excluded_prefixes, load_weights, read_json, write_json
 from aisle.tables import read_numeric_table, require_finite, write_table
-from aisle.training.callbacks import EpochCheckpoint, ResumeState, seed_epoch
+from aisle.training.callbacks import EpochCheckpoint, ResumeState, epoch_bar, seed_epoch
 from aisle.training.features import frozen_features
 from aisle.training.losses import LOSSES, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
@@ -203,7 +203,7 @@ def _trainer(cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], fd: Fol
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, batches)),
         deterministic=False,
-        enable_progress_bar=os.environ.get("AISLE_PROGRESS", "1") == "1",
+        enable_progress_bar=bars_on(),
     )
 
 
@@ -239,6 +239,9 @@ def _callbacks(
         callbacks.append(es)
     if last:
         callbacks.append(ResumeState(fd, last))
+    bar = epoch_bar(bar_kind())
+    if bar is not None:
+        callbacks.append(bar)
     return callbacks
 
 
