@@ -224,6 +224,18 @@ def test_a_94_megapixel_header_is_refused_only_over_max_pixels(tmp_path: Path, m
     assert allowed.reason == "truncated"  # under our limit: PIL's guard does not refuse it, its data is cut off
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's own note on the refused image
+def test_a_real_94_megapixel_jpeg_follows_max_pixels_both_ways_and_decodes_small(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    path = tmp_path / "huge.jpg"
+    Image.new("L", (10_000, 9_400), 200).save(path, quality=30)  # 94 MP, a whole decodable JPEG of a few kB
+    assert open_image(path, [tmp_path])[1] == "decompression_bomb", "refused under the default (PIL's 89.5 MP)"
+    assert open_image(path, [tmp_path], max_pixels=90_000_000)[1] == "decompression_bomb"
+    image, reason = open_image(path, [tmp_path], max_pixels=200_000_000, draft=(224, 224))
+    assert reason is None and image is not None and image.mode == "RGB"
+    assert min(image.size) >= 224 and max(image.size) <= 1_250, "decoded at a reduced DCT scale, not 94 MP"
+
+
 def test_pils_own_bomb_guard_never_refuses_an_image_under_max_pixels(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000 pixels and refuses above 2000
     warned = write_image(tmp_path / "w.png", RED, size=40)  # 1600 pixels

@@ -135,6 +135,45 @@ def test_two_stage_initialises_from_stage_one(tmp_path, catalogue, monkeypatch):
     assert json.loads((rd / "cv_summary.json").read_text())["stage"] == "full"
 
 
+def test_stages_count_what_trains_and_predict_picks_a_stage(tmp_path, catalogue, capsys, monkeypatch):
+    stages = [{"name": "head", "freeze_encoders": True}, {"name": "full", "init_from": "head"}]
+    rd = tmp_path / "run"
+    cfg = _config(tmp_path, catalogue, stages=stages)
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd), "--fold", "0"]) == 0
+    summary = json.loads((rd / "cv_summary.json").read_text())
+    head, full = summary["stages"]["head"]["params"], summary["stages"]["full"]["params"]
+    assert head["total"] == full["total"] == full["trainable"]
+    assert 0 < head["trainable"] < full["trainable"], "a frozen stage counts only what it trains"
+    assert summary["train_seconds"] >= summary["fold_seconds"] > 0, "the run's wall time includes encoding"
+    capsys.readouterr()
+
+    test = str(catalogue / "test.csv")
+    assert main(["predict", str(rd), "--data", test, "--out", str(tmp_path / "p_full")]) == 0
+    assert "of stage 'full'" in capsys.readouterr().out
+    predict_module = sys.modules["aisle.inference.predict"]  # the package's `predict` is the function
+    loaded: list[Path] = []
+    real = predict_module.load_checkpoint
+    monkeypatch.setattr(predict_module, "load_checkpoint", lambda m, p, t: (loaded.append(Path(p)), real(m, p, t))[1])
+    assert main(["predict", str(rd), "--data", test, "--out", str(tmp_path / "p_head"), "--stage", "head"]) == 0
+    assert "of stage 'head'" in capsys.readouterr().out
+    assert loaded == [rd / "head" / "fold_0" / "best.safetensors"]
+    p_full = pd.read_csv(tmp_path / "p_full" / "probabilities.csv")
+    p_head = pd.read_csv(tmp_path / "p_head" / "probabilities.csv")
+    assert not np.allclose(p_full.iloc[:, 1:].to_numpy(), p_head.iloc[:, 1:].to_numpy())
+    assert main(["predict", str(rd), "--data", test, "--stage", "nope"]) == 2
+    assert "no stage 'nope'; its stages: head, full" in " ".join(capsys.readouterr().err.split())
+
+    # --set changes how the input is read, never what the model learned
+    out = tmp_path / "p_small"
+    args = ["predict", str(rd), "--data", test, "--out", str(out), "--set", "data.max_image_pixels=100"]
+    assert main(args) == 0
+    issues = pd.read_csv(out / "image_issues.csv", dtype=str)
+    assert (issues["reason"] == "decompression_bomb").sum() >= 15, "every 32x32 image is over a 100-pixel limit"
+    assert main(["predict", str(rd), "--data", test, "--set", "model.image_size=64"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'model.image_size'" in err and "data.max_image_pixels" in err
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
     cfg = _config(tmp_path, catalogue, epochs=4)

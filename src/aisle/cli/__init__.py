@@ -184,6 +184,15 @@ def predict(
     allow_missing_images: Annotated[
         bool, typer.Option("--allow-missing-images", help="Go on when no row has an image and the model reads them.")
     ] = False,
+    stage: Annotated[str | None, typer.Option(help="Training stage whose models predict (default: the last).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Change how the input is read or where it runs: data.max_image_pixels, data.encoding, data.sep, "
+            "data.image_dir, data.data_root, data.image_col, data.image_sep, data.id_col, runtime.*",
+        ),
+    ] = None,
 ) -> None:
     """Predict with a run's fold models (averaged): writes submission.csv and probabilities.csv."""
     from aisle.inference import predict as run_predict
@@ -205,11 +214,14 @@ def predict(
                 progress=advance,
                 allow_missing_text=allow_missing_text,
                 allow_missing_images=allow_missing_images,
+                stage=stage,
+                overrides=list(set_ or []),
             )
         files = write_outputs(pred, out)
     except _USER_ERRORS as e:
         _fail(str(e))
-    console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s)")
+    of_stage = f" of stage {pred.stage!r}" if pred.stage else ""
+    console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s){of_stage}", markup=False)
     for name, path in files.items():
         console.print(f"wrote {name}: {path}", markup=False)
 

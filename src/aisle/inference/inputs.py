@@ -14,9 +14,46 @@ from aisle.rundir import RunDir
 from aisle.serialization import read_json
 from aisle.tables import read_table
 
-__all__ = ["check_images", "check_rows", "read_products", "trained_text_columns"]
+__all__ = [
+    "PREDICT_KEYS",
+    "check_images",
+    "check_predict_overrides",
+    "check_rows",
+    "read_products",
+    "trained_text_columns",
+]
 
 log = logging.getLogger(__name__)
+
+# what ``predict --set`` may change: how the input is read and where the work runs, never what the model was
+# trained on (text columns, attributes, image size, ...: those come from the run)
+PREDICT_KEYS = (
+    "data.sep",
+    "data.encoding",
+    "data.image_dir",
+    "data.data_root",
+    "data.image_col",
+    "data.image_sep",
+    "data.id_col",
+    "data.max_image_pixels",
+    "runtime.",
+)
+
+
+def check_predict_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` if every key is one predict may change.
+
+    Raises:
+        ValueError: names the key and the keys that apply.
+    """
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in PREDICT_KEYS):
+            raise ValueError(
+                f"--set {item}: predict takes the run's own {key!r} (it is part of what the model learned); "
+                f"it may change only {', '.join(k + '*' if k.endswith('.') else k for k in PREDICT_KEYS)}"
+            )
+    return overrides
 
 
 def _columns(df: pd.DataFrame, trained: dict, allow_missing_text: bool, source: str) -> list[str] | None:

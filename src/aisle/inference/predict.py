@@ -21,14 +21,14 @@ from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
 from aisle.data.products import Products
 from aisle.data.tta import TTA_POLICIES
 from aisle.evaluation.calibration import rescale_probs
-from aisle.inference.inputs import check_images, check_rows, read_products
+from aisle.inference.inputs import check_images, check_predict_overrides, check_rows, read_products
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, loader_inputs, use_channels_last
 from aisle.rundir import RunDir
 from aisle.serialization import excluded_prefixes, load_checkpoint, read_json
 from aisle.tables import require_finite, write_table
 
-__all__ = ["Prediction", "load_fold_models", "mean_softmax", "predict", "shared_towers", "write_outputs"]
+__all__ = ["Prediction", "load_fold_models", "mean_softmax", "pick_stage", "predict", "shared_towers", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Prediction:
         label_col: the label column name for the submission file.
         unseen_labels: labels in the input the run never saw (when the input is labelled).
         image_issues: every unusable image among the rows (None: the model reads no images).
+        stage: the training stage whose fold models predicted ("" for an ensemble).
     """
 
     ids: np.ndarray
@@ -54,27 +55,45 @@ class Prediction:
     label_col: str
     unseen_labels: dict[str, int] = field(default_factory=dict)
     image_issues: list[ImageIssue] | None = None
+    stage: str = ""
 
     @property
     def labels(self) -> list:
         return self.label_map.decode(self.probs.argmax(1))
 
 
+def pick_stage(rd: RunDir, cfg: AisleConfig, stage: str | None) -> str:
+    """``stage`` if the run trains it, else (None) the last stage.
+
+    Raises:
+        ValueError: the run has no such stage (the message lists its stages).
+    """
+    names = [s.name for s in rd.stages(cfg)]
+    if stage is None:
+        return names[-1]
+    if stage not in names:
+        raise ValueError(f"{rd.root} has no stage {stage!r}; its stages: {', '.join(names)}")
+    return stage
+
+
 def load_fold_models(
-    run_dir: str | Path, folds: list[int] | None = None
+    run_dir: str | Path, folds: list[int] | None = None, stage: str | None = None, overrides: list[str] | None = None
 ) -> tuple[AisleConfig, LabelMap, dict[int, ProductClassifier]]:
     """The run's config, label map and each finished fold's best model, rebuilt offline from the folder.
 
     Args:
         folds: which folds (default: the run's ``infer.folds``, else every finished fold).
+        stage: which training stage's models (default: the last).
+        overrides: ``key=value`` changes to the run's config, only keys in ``inputs.PREDICT_KEYS``.
 
     Raises:
         FileNotFoundError: not a run folder, or a requested fold has no best checkpoint.
+        ValueError: no such stage; an override of a key the model was trained with.
     """
     rd = RunDir(run_dir).require_run()
-    cfg = load_config(rd.config)
+    cfg = load_config(rd.config, check_predict_overrides(list(overrides or [])))
     label_map = LabelMap.load(rd.label_map)
-    stage = rd.final_stage(cfg)
+    stage = pick_stage(rd, cfg, stage)
     available = rd.finished_folds(stage)
     chosen = folds if folds is not None else (cfg.infer.folds or available)
     missing = sorted(set(chosen) - set(available))
@@ -95,13 +114,13 @@ def _views(tta: list[str]) -> list[Callable[[torch.Tensor], torch.Tensor] | None
     return [None] + [TTA_POLICIES.get(name) for name in tta]
 
 
-def shared_towers(rd: RunDir, cfg: AisleConfig, folds: list[int]) -> dict[str, bool]:
+def shared_towers(rd: RunDir, cfg: AisleConfig, folds: list[int], stage: str | None = None) -> dict[str, bool]:
     """Per tower attribute (``image_encoder``, ``text_encoder``): whether it is encoded once for all ``folds``,
     through the feature cache, rather than per fold. A fold checkpoint leaves out exactly the towers its training
     never changed (they are the run's template), so a tower every fold left out is the same in all of them."""
     if not cfg.runtime.feature_cache or not rd.template.is_file():
         return {"image_encoder": False, "text_encoder": False}
-    stage = rd.final_stage(cfg)
+    stage = pick_stage(rd, cfg, stage)
     left_out = [set(excluded_prefixes(rd.fold(stage, k).best)) for k in folds]
     return {attr: all(f"{attr}." in s for s in left_out) for attr in ("image_encoder", "text_encoder")}
 
@@ -114,11 +133,12 @@ def _shared_features(
     tta: list[str],
     scales: list[int],
     batch_size: int,
+    stage: str,
 ) -> dict:
     """Features of towers that training never changed (every fold holds the run's initial weights: frozen),
     encoded once for all folds and kept in the feature cache: {("image", size, view): (feats, has_image),
     ("text",): feats}."""
-    shared = shared_towers(rd, cfg, list(models))
+    shared = shared_towers(rd, cfg, list(models), stage)
     if not any(shared.values()):
         return {}
     from aisle.cache.encode import EncodeOptions, tower_features
@@ -215,6 +235,8 @@ def predict(
     feature_cache: bool | None = None,
     allow_missing_text: bool = False,
     allow_missing_images: bool = False,
+    stage: str | None = None,
+    overrides: list[str] | None = None,
 ) -> Prediction:
     """Average softmax probabilities over the run's fold models (and TTA views and image sizes).
 
@@ -233,16 +255,28 @@ def predict(
             cache (default: the run's ``runtime.feature_cache``); False re-encodes per fold.
         allow_missing_text: predict even when the table lacks text columns the run was trained with.
         allow_missing_images: predict even when no row has an image and the model reads images.
+        stage: which training stage's fold models (default: the last; a two-stage run's first stage is the
+            frozen-tower one).
+        overrides: ``key=value`` changes to the run's config for reading the input and running
+            (``inputs.PREDICT_KEYS``: e.g. ``data.max_image_pixels=200000000``, ``runtime.num_workers=0``).
 
     Raises:
         ValueError: no ``data`` and the run's config has no ``data.test_csv``; a text column the run was trained
             with is absent; no row has an image; the model's probabilities are not finite.
     """
     rd = RunDir(run_dir)
-    allow = {"allow_missing_text": allow_missing_text, "allow_missing_images": allow_missing_images}
     if rd.is_ensemble():
+        if stage is not None:
+            raise ValueError(f"{rd.root} is an ensemble: each member predicts with its own last stage (no --stage)")
+        allow: dict = {"allow_missing_text": allow_missing_text, "allow_missing_images": allow_missing_images}
+        allow["overrides"] = overrides
         return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow)
-    cfg, label_map, models = load_fold_models(rd.root, folds)
+    cfg, label_map, models = load_fold_models(rd.root, folds, stage, overrides)
+    stage = pick_stage(rd, cfg, stage)
+    if len(rd.stages(cfg)) > 1:
+        log.info(
+            "predicting with stage %r of %s (stages: %s)", stage, rd.root, ", ".join(s.name for s in rd.stages(cfg))
+        )
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
     products = read_products(rd, cfg, data, image_dir, allow_missing_text)
@@ -258,7 +292,7 @@ def predict(
         TTA_POLICIES.get(name)  # unknown names fail before any work
     unseen = check_rows(products, label_map)
     bs = batch_size or cfg.runtime.batch_size_infer
-    shared = _shared_features(rd, models, products, cfg, tta, scales, bs)
+    shared = _shared_features(rd, models, products, cfg, tta, scales, bs, stage)
     rows, tokens, order = products, None, None
     first = next(iter(models.values()))
     if first.text_encoder is not None and ("text",) not in shared:
@@ -276,7 +310,7 @@ def predict(
     require_finite(probs, products.ids, f"predictions of {rd.root}")
     trained_col = read_json(rd.schema).get("label_col") if rd.schema.is_file() else None
     label_col = trained_col or products.schema.label_col or "label"
-    return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen, issues)
+    return Prediction(products.ids, probs, fold_probs, label_map, label_col, unseen, issues, stage)
 
 
 def _predict_ensemble(

@@ -6,6 +6,7 @@ import gc
 import logging
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,7 @@ from aisle.locking import hold_run_dir, is_rank_zero
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import check_tower_names, create_classifier, has_model_assets, save_model_assets
 from aisle.rundir import RunDir
-from aisle.serialization import load_weights, save_weights, write_json
+from aisle.serialization import load_weights, read_json, save_weights, write_json
 from aisle.tables import read_numeric_table, write_table
 from aisle.training.fold import FoldResult, RunContext, finished_fold, fit_fold, param_counts
 from aisle.training.linear import fit_linear_fold, is_fitted_model
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _summarise(results: list[FoldResult], stage: str, params: dict[str, int]) -> dict:
+    """A stage's CV summary; ``train_seconds`` is its folds' fitting time (the run's own wall time, encoding and
+    image checks included, is ``train_seconds`` of ``cv_summary.json``)."""
     keys = sorted({k for r in results for k in r.metrics})
     mean = {k: statistics.fmean(r.metrics[k] for r in results) for k in keys}
     std = {k: statistics.pstdev([r.metrics[k] for r in results]) for k in keys}
@@ -91,6 +94,7 @@ def run_cv(
     Returns:
         The CV summary of the last stage (also in ``run_dir/cv_summary.json``), with every stage under ``stages``.
     """
+    started = time.perf_counter()
     rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
     lead = is_rank_zero()  # other DDP ranks train alongside but write nothing (rank 0 prepared the folder)
     if resume or not lead:
@@ -123,12 +127,17 @@ def run_cv(
                 continue
             oof = pd.concat([read_numeric_table(rd.fold(stage.name, k).oof) for k in chosen])
             write_table(oof, rd.stage_oof(stage.name))
-            summaries[stage.name] = _summarise(results, stage.name, param_counts(ctx.template))
+            # what trains in this stage (a frozen stage counts only its head), as its folds recorded it
+            params = read_json(rd.fold(stage.name, chosen[0]).done).get("params") or param_counts(ctx.template)
+            summaries[stage.name] = _summarise(results, stage.name, params)
             write_json(rd.stage_summary(stage.name), summaries[stage.name])
         if not lead:
             return {}
         summary = {
             **summaries[rd.final_stage(cfg)],
+            # wall time of this command, every stage, feature encoding and image checks included
+            "train_seconds": round(time.perf_counter() - started, 2),
+            "fold_seconds": round(sum(sum(f["seconds"] for f in s["folds"].values()) for s in summaries.values()), 2),
             "run_dir": str(rd.root),
             "model_type": cfg.model.type,
             "fusion": cfg.model.fusion_kind,
