@@ -453,6 +453,34 @@ def test_the_hub_probe_answers_quickly() -> None:
     assert time.perf_counter() - t0 < 1.5
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ModuleNotFoundError("No module named 'sentencepiece'", name="sentencepiece"), "pip install sentencepiece"),
+        (ImportError("SiglipTokenizer requires the SentencePiece library but it was not found"), "SentencePiece"),
+    ],
+)
+def test_a_missing_package_is_an_error_naming_it(tmp_path, catalogue, capsys, monkeypatch, error, expected) -> None:
+    import aisle.training.cv as cv
+
+    def missing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cv, "create_classifier", missing)
+    cfg = _config(tmp_path, catalogue, model=IMAGE_MODEL)
+    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "error: a package this needs is missing" in err and expected in err, err
+    assert "Traceback" not in err
+
+
+def test_the_tokenizer_packages_are_installed() -> None:
+    import google.protobuf
+    import sentencepiece
+
+    assert sentencepiece.SentencePieceProcessor and google.protobuf.__version__
+
+
 # ---------------------------------------------------------------- messages
 
 

@@ -42,11 +42,15 @@ def _root(
 
 # what a user can cause (bad config, data or paths, read-only folders, a folder in use): a message and exit 2, no
 # traceback. FileNotFoundError, FileExistsError, PermissionError and aisle.locking.FolderLocked are OSErrors.
-_USER_ERRORS = (ConfigError, ValueError, OSError)
+# A missing package (a tokenizer's sentencepiece, an extra) is one too: the message names it.
+_USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # messages quote [brackets] as is
+def _fail(msg: str | BaseException, code: int = 2) -> None:
+    if isinstance(msg, ImportError):
+        fix = f"pip install {msg.name}" if msg.name else "install the package it names"
+        msg = f"a package this needs is missing: {msg} ({fix}; `make venv` installs everything aisle uses)"
+    err_console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)  # [brackets] printed as is
     raise typer.Exit(code)
 
 
@@ -57,7 +61,7 @@ def _writable(folder: Path, what: str) -> None:
     try:
         require_writable(folder, what)
     except PermissionError as e:
-        _fail(str(e))
+        _fail(e)
 
 
 @app.command()
@@ -96,7 +100,7 @@ def check(
                 on_total=lambda n: bar.update(task, total=n),
             )
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     render_check(report, console)
 
 
@@ -136,7 +140,7 @@ def train(
             cfg = load_config(config, list(set_ or []))
             summary = run_cv(cfg, run_dir=run_dir, overwrite=overwrite, folds=fold)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     if summary:  # empty in the extra processes of a multi-process (DDP) run
         render_cv(summary, console)
 
@@ -219,7 +223,7 @@ def predict(
             )
         files = write_outputs(pred, out)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     of_stage = f" of stage {pred.stage!r}" if pred.stage else ""
     console.print(f"{len(pred.ids):,} rows predicted with {len(pred.fold_probs)} fold model(s){of_stage}", markup=False)
     for name, path in files.items():
@@ -240,7 +244,7 @@ def evaluate(
     try:
         ev = evaluate_files(probabilities, labels, out or probabilities.parent / "evaluation", label_col)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     render_evaluation(ev, console)
     where = out or probabilities.parent / "evaluation"
     console.print(f"wrote metrics, per-class report and confusion matrix to {where}", markup=False)
@@ -274,7 +278,7 @@ def ensemble(
         best = np.asarray(classes, dtype=object)[probs[classes].to_numpy().argmax(1)]
         write_table(probs[["id"]].assign(**{label_col: best}), out / "submission.csv")
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     console.print(
         f"ensembled {len(inputs)} files over {len(probs):,} rows; wrote {out}/submission.csv, {out}/probabilities.csv",
         markup=False,
@@ -292,7 +296,7 @@ def _fit_ensemble(runs: list[Path], metric: str, out: Path) -> None:
     try:
         summary = fit_ensemble(runs, out, metric=cast(BlendMetric, metric))
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     render_ensemble(summary["ensemble"], console)
     console.print(f"wrote the ensemble to {out} (aisle predict {out} / aisle report {out})", markup=False)
 
@@ -310,7 +314,7 @@ def compare(
     try:
         df = compare_runs(run_dirs, out)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     t = Table(title=f"{len(df)} runs, best macro-F1 first")
     cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
     for c in cols:
@@ -340,7 +344,7 @@ def report(
     try:
         path = write_report(run_dir, out, errors)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     console.print(f"wrote {path}", markup=False)
 
 
@@ -361,7 +365,7 @@ def demo_data(
     try:
         summary = write_demo_catalogue(out, n_train=n_train, n_test=n_test, seed=seed, image_size=image_size)
     except _USER_ERRORS as e:
-        _fail(str(e))
+        _fail(e)
     console.print(
         f"wrote {summary.n_train} train and {summary.n_test} test products, {len(summary.classes)} classes, "
         f"{len(summary.broken)} broken/missing images on purpose, to {summary.out_dir}",

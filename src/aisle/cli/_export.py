@@ -47,5 +47,5 @@ def export(
     except ImportError as e:
         _fail(f"export needs onnx and onnxruntime: pip install 'aisle[onnx]' ({e})")
     except (ExportError, *_USER_ERRORS) as e:
-        _fail(str(e))
+        _fail(e)
     console.print(f"wrote {result['model']} (max |onnxruntime - torch| = {result['max_abs_diff']:.1e})", markup=False)
