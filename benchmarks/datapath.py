@@ -64,7 +64,7 @@ def run_datapath(work: Path, quick: bool) -> dict:
     products = load_products(csv, DataConfig())
     tf = build_image_transform(size, train=True, normalize=False)  # as the loaders run it: uint8 out of the workers
     t0 = time.perf_counter()
-    decoded = DecodedImages.build(products, round(size * 1.15), work / "cache")
+    decoded = DecodedImages.build(products, size, work / "cache")
     build_s = time.perf_counter() - t0
     ways = {
         "decode every epoch, full resolution": dict(reading=ImageReading(placeholder_size=size, jpeg_draft=False)),

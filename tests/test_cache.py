@@ -210,32 +210,100 @@ def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
     assert sorted(calls) == sorted(["image", "text"] + ["image", "text"] * 2)
 
 
+def _dataset(products, size: int, train: bool, decoded=None):
+    from aisle.data.dataset import ImageReading, Precomputed, ProductDataset
+    from aisle.data.transforms import build_image_transform
+
+    return ProductDataset(
+        products,
+        image_transform=build_image_transform(size, train=train),
+        reading=ImageReading(placeholder_size=size),
+        train=train,
+        precomputed=Precomputed(decoded=decoded),
+    )
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_decoded_cache_gives_the_uncached_pixels(tmp_path, train):
+    from aisle.cache.decoded import DecodedImages
+
+    cat = tmp_path / "cat"
+    write_demo_catalogue(cat, n_train=12, n_test=2, seed=5, image_size=40)
+    rng = np.random.default_rng(0)
+    for k, (w, h) in enumerate([(300, 180), (60, 80), (97, 413)]):  # a large, a small and a tall photo
+        noise = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(sorted((cat / "images").glob("*.jpg"))[k], quality=90)
+    products = _products(cat)
+    dec = DecodedImages.build(products, 32, tmp_path / "c")
+    plain, cached = _dataset(products, 32, train), _dataset(products, 32, train, dec)
+    for i in range(len(products.ids)):
+        torch.manual_seed(i)  # the same random crop and flip for both
+        a = plain[i]
+        torch.manual_seed(i)
+        b = cached[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["image_mask"], b["image_mask"]), i
+
+
+def test_decoded_cache_never_holds_more_pixels_than_its_sources(tmp_path):
+    from aisle.cache.decoded import DecodedImages
+
+    cat = tmp_path / "cat"
+    write_demo_catalogue(cat, n_train=12, n_test=2, seed=5, image_size=24)  # small sources (24 px)
+    big = sorted((cat / "images").glob("*.jpg"))[0].with_suffix(".png")  # a large PNG: no DCT scales
+    Image.new("RGB", (900, 600), (10, 200, 30)).save(big)
+    sorted((cat / "images").glob("*.jpg"))[0].unlink()
+    products = _products(cat)
+    dec = DecodedImages.build(products, 64, tmp_path / "c")
+    sources = 0
+    for paths in products.image_paths:
+        try:
+            with Image.open(paths[0]) as im:
+                sources += im.width * im.height
+        except (OSError, IndexError):
+            pass
+    assert dec.pixels.size <= 3 * sources, "never upscaled"
+    (j,) = [i for i, p in enumerate(products.image_paths) if p and p[0].endswith(".png")]
+    assert dec.image(j).size == (192, 128), "over max_side (2 x 64): resized down to it, aspect kept"
+    small = next(i for i, p in enumerate(products.image_paths) if p and p[0].endswith(".jpg") and dec.mask[i])
+    assert dec.image(small).size == (24, 24), "kept at the source's size, not the working size"
+
+
+def test_decoded_cache_says_when_it_is_not_worth_it(catalogue, tmp_path, caplog):
+    from aisle.cache.decoded import DecodedImages
+
+    products = _products(catalogue)  # 32 px images
+    with caplog.at_level(logging.INFO, logger="aisle"):
+        DecodedImages.build(products, 224, tmp_path / "c")
+    assert any(
+        "the images are small" in r.getMessage() and "decoded_cache: false" in r.getMessage() for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aisle"):
+        DecodedImages.build(products, 16, tmp_path / "c2")  # sources larger than the working size: worth it
+    assert not any("the images are small" in r.getMessage() for r in caplog.records)
+
+
 def test_decoded_image_cache(catalogue, tmp_path):
     from aisle.cache.decoded import DecodedImages
-    from aisle.data.dataset import Precomputed, ProductDataset
-    from aisle.data.transforms import build_image_transform
 
     products = _products(catalogue)
     dec = DecodedImages.build(products, 40, tmp_path / "c")
-    assert dec.pixels.shape[1:] == (40, 40, 3) and dec.pixels.dtype == np.uint8
     ok = next(i for i, p in enumerate(products.image_paths) if p and Path(p[0]).stat().st_size > 1000)
-    direct = Image.open(products.image_paths[ok][0]).convert("RGB").resize((40, 40), Image.BICUBIC)
-    assert np.abs(dec.image(ok).permute(1, 2, 0).numpy().astype(float) - np.asarray(direct, float)).mean() < 3
+    direct = Image.open(products.image_paths[ok][0]).convert("RGB")
+    assert np.array_equal(np.asarray(dec.image(ok)), np.asarray(direct))
     broken = [i for i, p in enumerate(products.image_paths) if not p or Path(p[0]).stat().st_size == 0]
     assert all(dec.image(i) is None for i in broken)
     again = DecodedImages.build(products, 40, tmp_path / "c")  # from disk: same rows, nothing decoded
     assert np.array_equal(np.asarray(again.pixels), np.asarray(dec.pixels))
     sub = dec.subset(np.array([ok, broken[0]]))
-    assert torch.equal(sub.image(0), dec.image(ok)) and sub.image(1) is None
-    ds = ProductDataset(
-        products, image_transform=build_image_transform(32, train=False), precomputed=Precomputed(decoded=dec)
-    )
+    assert np.array_equal(np.asarray(sub.image(0)), np.asarray(dec.image(ok))) and sub.image(1) is None
+    ds = _dataset(products, 32, False, dec)
     item = ds[ok]
     assert item["image"].shape == (1, 3, 32, 32) and item["image_mask"].all()
     assert not ds[broken[0]]["image_mask"].any()
     Image.new("RGB", (32, 32), (0, 0, 255)).save(products.image_paths[ok][0])
     changed = DecodedImages.build(products, 40, tmp_path / "c")  # a changed image: a new cache, new pixels
-    assert not torch.equal(changed.image(ok), dec.image(ok))
+    assert not np.array_equal(np.asarray(changed.image(ok)), np.asarray(dec.image(ok)))
 
 
 # ---------------------------------------------------------------- the data-root fence and the cache keys
@@ -297,7 +365,7 @@ def test_decoded_cache_keeps_a_valid_image_whose_bytes_equal_a_refused_one(make_
     dec = DecodedImages.build(load_products(cat.csv, DataConfig()), 16, tmp_path / "c")
     assert dec.image(0) is None, "the refused image is never read"
     blue = dec.image(1)
-    assert blue is not None and blue[2].float().mean() > 250 and blue[0].float().mean() < 5
+    assert blue is not None and np.asarray(blue)[..., 2].mean() > 250 and np.asarray(blue)[..., 0].mean() < 5
 
 
 # ---------------------------------------------------------------- decoded cache integrity
@@ -327,3 +395,21 @@ def test_damaged_decoded_cache_is_rebuilt_with_a_warning(catalogue, tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="aisle"):
         DecodedImages.build(products, 24, tmp_path / "c")  # whole again: loaded without a word
     assert caplog.records == []
+
+
+def test_loaders_on_in_memory_features_start_no_workers(catalogue, towers):
+    from aisle.data.dataset import Precomputed
+    from aisle.data.loaders import LoaderOptions, build_loader
+
+    image, text = towers
+    products = _products(catalogue)
+    n = len(products.ids)
+    opts = LoaderOptions.create(DataConfig(), batch_size=8, num_workers=2)
+    features = Precomputed(
+        image_features=([np.zeros((n, 4), np.float32)], np.ones(n, bool)), text_features=np.zeros((n, 4))
+    )
+    args = (products, None, opts, True, image.preprocess, text.tokenize)
+    assert build_loader(*args, precomputed=features).num_workers == 0, "features already in memory"
+    assert build_loader(*args).num_workers == 2, "pixels to decode and texts to tokenize"
+    half = Precomputed(image_features=features.image_features)
+    assert build_loader(*args, precomputed=half).num_workers == 2, "texts still to tokenize"

@@ -43,8 +43,9 @@ class DataConfig(_Section):
     image_sep: str = ";"
     multi_image: Literal["first", "random", "mean_pool"] = "first"
     max_images: int = Field(default=4, ge=1)
-    decoded_cache: bool = False  # decode + resize each image once into a uint8 memory map (large photos)
-    decoded_size: int | None = Field(default=None, ge=8)  # its side; default 1.15 x the model's image size
+    decoded_cache: bool = False  # decode each image once into a uint8 memory map (large photos), as uncached
+    # the largest short side it keeps (larger decoded images are resized down, aspect kept); default 2 x image size
+    decoded_size: int | None = Field(default=None, ge=8)
     max_image_pixels: int = Field(default=89_478_485, ge=1)  # PIL's default decompression-bomb limit
     folds: int = Field(default=5, ge=2)
     fold_col: str = "fold"

@@ -69,11 +69,9 @@ def pick_stage(rd: RunDir, cfg: AisleConfig, stage: str | None) -> str:
         ValueError: the run has no such stage (the message lists its stages).
     """
     names = [s.name for s in rd.stages(cfg)]
-    if stage is None:
-        return names[-1]
-    if stage not in names:
+    if stage is not None and stage not in names:
         raise ValueError(f"{rd.root} has no stage {stage!r}; its stages: {', '.join(names)}")
-    return stage
+    return names[-1] if stage is None else stage
 
 
 def load_fold_models(
@@ -94,6 +92,8 @@ def load_fold_models(
     cfg = load_config(rd.config, check_predict_overrides(list(overrides or [])))
     label_map = LabelMap.load(rd.label_map)
     stage = pick_stage(rd, cfg, stage)
+    if len(rd.stages(cfg)) > 1:
+        log.info("%s: stage %r predicts (stages: %s)", rd.root, stage, ", ".join(s.name for s in rd.stages(cfg)))
     available = rd.finished_folds(stage)
     chosen = folds if folds is not None else (cfg.infer.folds or available)
     missing = sorted(set(chosen) - set(available))
@@ -273,10 +273,6 @@ def predict(
         return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow)
     cfg, label_map, models = load_fold_models(rd.root, folds, stage, overrides)
     stage = pick_stage(rd, cfg, stage)
-    if len(rd.stages(cfg)) > 1:
-        log.info(
-            "predicting with stage %r of %s (stages: %s)", stage, rd.root, ", ".join(s.name for s in rd.stages(cfg))
-        )
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
     products = read_products(rd, cfg, data, image_dir, allow_missing_text)

@@ -22,6 +22,7 @@ from aisle.models.tfidf import TfidfLinearTower  # noqa: F401  (registers tfidf:
 
 __all__ = [
     "check_tower_names",
+    "check_tower_weights",
     "create_classifier",
     "has_model_assets",
     "image_preprocess",
@@ -75,8 +76,19 @@ def check_tower_names(mcfg: ModelConfig) -> None:
                 check(model)
         except ValueError as e:
             raise ValueError(f"model.{section}.name: {e}") from None
+
+
+def check_tower_weights(mcfg: ModelConfig) -> None:
+    """Every tower's weights (and tokenizer) can be had: from a folder, the local cache, or a hub this machine
+    reaches (probed once). Call after :func:`check_tower_names`, before reading data or writing a run folder.
+
+    Raises:
+        ValueError: names the key, the hub repository and the local-folder form.
+    """
+    for section, name in mcfg.tower_names().items():
+        prefix, model = parse_tower_name(name or "", _prefixes(section))
         pretrained = bool(getattr(getattr(mcfg, section), "pretrained", False))
-        require_hub_weights(f"model.{section}.name", name, hub_source(prefix, model, pretrained))
+        require_hub_weights(f"model.{section}.name", name or "", hub_source(prefix, model, pretrained))
 
 
 def create_towers(

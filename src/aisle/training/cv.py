@@ -19,7 +19,13 @@ from aisle.data.loaders import pretokenize
 from aisle.data.prepare import TrainingData, load_training_data
 from aisle.locking import hold_run_dir, is_rank_zero
 from aisle.models.classifier import ProductClassifier
-from aisle.models.factory import check_tower_names, create_classifier, has_model_assets, save_model_assets
+from aisle.models.factory import (
+    check_tower_names,
+    check_tower_weights,
+    create_classifier,
+    has_model_assets,
+    save_model_assets,
+)
 from aisle.rundir import RunDir
 from aisle.serialization import load_weights, read_json, save_weights, write_json
 from aisle.tables import read_numeric_table, write_table
@@ -102,6 +108,7 @@ def run_cv(
             raise FileNotFoundError(f"{rd.root} is not a run folder (no {rd.config.name}); nothing to resume")
         cfg = load_config(rd.config)
     check_tower_names(cfg.model)  # before any data is read or folder written
+    check_tower_weights(cfg.model)
     with hold_run_dir(rd):  # one writer per run folder, before --overwrite clears anything
         if lead and not resume:
             cfg = _start_run_dir(cfg, rd, overwrite, frame, base_dir)
@@ -133,18 +140,24 @@ def run_cv(
             write_json(rd.stage_summary(stage.name), summaries[stage.name])
         if not lead:
             return {}
-        summary = {
-            **summaries[rd.final_stage(cfg)],
-            # wall time of this command, every stage, feature encoding and image checks included
-            "train_seconds": round(time.perf_counter() - started, 2),
-            "fold_seconds": round(sum(sum(f["seconds"] for f in s["folds"].values()) for s in summaries.values()), 2),
-            "run_dir": str(rd.root),
-            "model_type": cfg.model.type,
-            "fusion": cfg.model.fusion_kind,
-            "stages": summaries,
-        }
+        summary = _run_summary(cfg, rd, summaries, time.perf_counter() - started)
         write_json(rd.summary, summary)
         return summary
+
+
+def _run_summary(cfg: AisleConfig, rd: RunDir, summaries: dict[str, dict], seconds: float) -> dict:
+    """The last stage's summary with the run's own facts; ``train_seconds`` is this command's wall time (every
+    stage, feature encoding and image checks included), ``fitting_seconds`` the folds' fitting alone."""
+    fitting = sum(sum(f["seconds"] for f in s["folds"].values()) for s in summaries.values())
+    return {
+        **summaries[rd.final_stage(cfg)],
+        "train_seconds": round(seconds, 2),
+        "fitting_seconds": round(fitting, 2),
+        "run_dir": str(rd.root),
+        "model_type": cfg.model.type,
+        "fusion": cfg.model.fusion_kind,
+        "stages": summaries,
+    }
 
 
 def _start_run_dir(
@@ -203,8 +216,13 @@ def _precompute(cfg: AisleConfig, td: TrainingData, template: ProductClassifier)
     if cfg.data.decoded_cache and template.image_encoder is not None:
         from aisle.cache.decoded import DecodedImages
 
-        size = cfg.data.decoded_size or round(1.15 * template.image_encoder.preprocess.size)
-        decoded = DecodedImages.build(td.products, size, cfg.runtime.cache_dir, max_pixels=cfg.data.max_image_pixels)
+        decoded = DecodedImages.build(
+            td.products,
+            template.image_encoder.preprocess.size,  # the working size the loaders decode JPEGs to
+            cfg.runtime.cache_dir,
+            max_side=cfg.data.decoded_size,
+            max_pixels=cfg.data.max_image_pixels,
+        )
     text = template.text_encoder
     tokens = None
     if text is not None and not getattr(text, "fitted", False):  # a fitted (linear) model reads sparse TF-IDF rows

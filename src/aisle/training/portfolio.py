@@ -18,7 +18,7 @@ from typing import Any
 from aisle.config import AisleConfig, config_to_dict, validate_config
 from aisle.data.prepare import load_source
 from aisle.locking import hold_run_dir
-from aisle.models.factory import check_tower_names
+from aisle.models.factory import check_tower_names, check_tower_weights
 from aisle.registry import Registry
 from aisle.rundir import RunDir
 from aisle.training.blend import fit_ensemble
@@ -128,6 +128,7 @@ def run_portfolio(
         log.info("no product has an image: the preset leaves out %s", [m.name for m in members if m not in chosen])
     for m in chosen:  # a tower name timm does not know, or a missing --models-dir folder, fails before any work
         check_tower_names(configs[m.name].model)
+        check_tower_weights(configs[m.name].model)
     with hold_run_dir(rd):  # one writer per portfolio folder (each member's run_cv also locks its own)
         if overwrite or not rd.members.is_dir() or rd.is_ensemble():
             prepare_run_dir(cfg, rd, overwrite)
