@@ -11,7 +11,8 @@ from PIL import Image
 
 from aisle.cli import main
 from aisle.config import DataConfig
-from aisle.evaluation.check import run_check
+from aisle.data.products import load_products
+from aisle.evaluation.check import caption, class_distribution_figure, contact_sheet_figure, run_check
 
 EXPECTED_ISSUES = [("p4", "missing"), ("p5", "missing"), ("p6", "truncated"), ("p7", "empty_file")]
 
@@ -159,3 +160,35 @@ def test_cli_check_image_dir_with_a_numeric_name(make_catalogue, tmp_path: Path,
     rc = main(["check", "--data", str(cat.csv), "--image-dir", "2024", "--out", str(out)])
     assert rc == 0 and (out / "check_report.json").is_file()
     assert json.loads((out / "check_report.json").read_text())["image_issues"] == []
+
+
+LONG_CLASS = "Home Decor & Festive Needs: Cushions, Throws and Seasonal Ornaments"
+LONG_ID = "FLIPKART-SKU-00012345-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+@pytest.mark.parametrize("label", ["Box", "Home Decor & Festive Needs", LONG_CLASS, "x" * 90])
+def test_caption_keeps_the_whole_class_name_and_id(label: str) -> None:
+    title, size = caption(label, LONG_ID)
+    assert title.replace("\n", "") == label + LONG_ID  # wrapped, never cut
+    assert size in (7, 6, 5)
+    assert max(map(len, title.split("\n"))) <= int(26 * 7 / size)  # every line fits its cell
+
+
+def test_contact_sheet_titles_carry_the_whole_class_name(make_catalogue) -> None:
+    rows = [{"id": f"p{i}", "title": "t", "categories": LONG_CLASS if i else "b"} for i in range(3)]
+    cat = make_catalogue(rows, images={"p0.jpg": (1, 2, 3)})
+    cfg = DataConfig(folds=2)
+    report = run_check(cfg, table=cat.csv, fast=True)
+    fig = contact_sheet_figure(report.sample, load_products(cat.csv, cfg))
+    titles = [ax.get_title().replace("\n", "") for ax in fig.axes]
+    assert f"{LONG_CLASS}p1" in titles and f"{LONG_CLASS}p2" in titles and "bp0" in titles
+
+
+@pytest.mark.parametrize(
+    ("counts", "scale"),
+    [({"a": 50, "b": 40, "c": 5}, "linear"), ({"a": 500, "b": 40, "c": 5}, "log"), ({"a": 7}, "linear")],
+)
+def test_class_distribution_axis_is_log_only_for_skewed_counts(counts: dict[str, int], scale: str) -> None:
+    ax = class_distribution_figure(counts).axes[0]
+    assert ax.get_xscale() == scale
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:,}" for v in counts.values())  # a count per bar

@@ -4,6 +4,7 @@ banners."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -83,21 +84,23 @@ def test_no_bars_unless_asked_and_the_environment_switch(monkeypatch, recorder) 
     assert recorder.steps == {}
 
 
+_TINY = [
+    "model.type=image",
+    "model.image.name=timm:test_resnet",
+    "model.image.pretrained=false",
+    "model.image_size=32",
+    "model.head_hidden=16",
+    "data.folds=2",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "runtime.num_workers=0",
+]
+
+
 def _fit(tmp_path: Path, catalogue: Path, progress: bool) -> Classifier:
     train = pd.read_csv(catalogue / "train.csv", dtype=str)
     clf = Classifier(
-        overrides=[
-            "model.type=image",
-            "model.image.name=timm:test_resnet",
-            "model.image.pretrained=false",
-            "model.image_size=32",
-            "model.head_hidden=16",
-            "data.folds=2",
-            "train.epochs=2",
-            "train.batch_size=16",
-            "runtime.num_workers=0",
-            f"runtime.cache_dir={tmp_path / 'cache'}",
-        ],
+        overrides=[*_TINY, "train.epochs=2", f"runtime.cache_dir={tmp_path / 'cache'}"],
         run_dir=tmp_path / "run",
         progress=progress,
     )
@@ -148,3 +151,33 @@ def test_the_cli_epoch_bar_counts_from_one() -> None:
     assert bar._get_train_description(14).strip() == "Epoch 15/15"
     assert trainer.progress_bar_callback is bar
     assert epoch_bar(None) is None
+
+
+_FIT = """
+import sys
+import pandas as pd
+from aisle import Classifier
+train = pd.read_csv(sys.argv[1] + "/train.csv", dtype=str)
+Classifier(overrides=sys.argv[3:], run_dir=sys.argv[2], progress=False).fit(train, data_root=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("way", ["cli", "api"])
+def test_a_fresh_process_prints_no_lightning_banners(catalogue, tmp_path, way) -> None:
+    """In a new process Lightning is imported after logging is set up and resets its own loggers to INFO: the
+    banners must still be hidden (pytest's own logging capture hides them in-process, so this needs a process)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AISLE_PROGRESS": "0", "PYTHONWARNINGS": "default"}
+    if way == "cli":
+        sets = [a for kv in _TINY for a in ("--set", kv)]
+        args = [sys.executable, "-m", "aisle", "train", "--run-dir", str(tmp_path / "run"), *sets]
+        args += ["--set", f"data.train_csv={catalogue / 'train.csv'}", "--set", f"runtime.cache_dir={tmp_path / 'c'}"]
+    else:
+        args = [sys.executable, "-c", _FIT, str(catalogue), str(tmp_path / "run"), *_TINY]
+        args += [f"runtime.cache_dir={tmp_path / 'c'}"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout + done.stderr
+    assert not [b for b in _BANNERS if b in text], text[-3000:]

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["quiet_libraries", "setup_logging"]
+__all__ = ["hide_lightning_banners", "quiet_libraries", "setup_logging"]
 
 # Lightning's banners (accelerator summary, product tips, "stopped: max_epochs reached") are noise next to ours
 _CHATTY = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -20,9 +20,15 @@ _NOISE = (
 )
 
 
-def _hide_noise() -> None:
+def hide_lightning_banners() -> None:
+    """Lightning sets its loggers to INFO when it is imported (after the CLI set up logging, since torch is
+    imported lazily): call this where aisle builds a Trainer, when Lightning is surely imported."""
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _hide_noise() -> None:
+    hide_lightning_banners()
     for message in _NOISE:
         warnings.filterwarnings("ignore", message=message)
 

@@ -239,14 +239,14 @@ def evaluate(
 ) -> None:
     """Score predictions: accuracy, top-3, macro/weighted F1, precision/recall, confusion matrix (CSV + PNG)."""
     from aisle.cli._render import render_evaluation
-    from aisle.evaluation.evaluate import evaluate_files
+    from aisle.evaluation.evaluate import EvaluationDir, evaluate_files
 
     try:
-        ev = evaluate_files(probabilities, labels, out or probabilities.parent / "evaluation", label_col)
+        ev = evaluate_files(probabilities, labels, out or EvaluationDir.beside(probabilities).root, label_col)
     except _USER_ERRORS as e:
         _fail(e)
     render_evaluation(ev, console)
-    where = out or probabilities.parent / "evaluation"
+    where = out or EvaluationDir.beside(probabilities).root
     console.print(f"wrote metrics, per-class report and confusion matrix to {where}", markup=False)
 
 
@@ -286,7 +286,6 @@ def ensemble(
 
 
 def _fit_ensemble(runs: list[Path], metric: str, out: Path) -> None:
-    from typing import cast
 
     from aisle.cli._render import render_ensemble
     from aisle.training.blend import BlendMetric, fit_ensemble
@@ -307,28 +306,14 @@ def compare(
     out: Annotated[Path, typer.Option(help="Output folder for comparison.csv and the plots.")] = Path("comparison"),
 ) -> None:
     """Compare runs: a summary table (CSV + PNG), radar chart, params-vs-time scatter, training curves."""
-    from rich.table import Table
-
-    from aisle.evaluation.compare import METRICS, compare_runs
+    from aisle.cli._render import render_comparison
+    from aisle.evaluation.compare import compare_runs
 
     try:
         df = compare_runs(run_dirs, out)
     except _USER_ERRORS as e:
         _fail(e)
-    t = Table(title=f"{len(df)} runs, best macro-F1 first")
-    cols = ["run", "model", "fusion", "params", "train_seconds", *METRICS]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("run", "model", "fusion") else "right")
-    for r in df[cols].itertuples(index=False):
-        t.add_row(
-            escape(cast(str, r.run)),  # str columns (pandas-stubs: any scalar)
-            escape(cast(str, r.model)),
-            escape(cast(str, r.fusion)),
-            f"{r.params:,}",
-            f"{r.train_seconds:.1f}",
-            *(f"{getattr(r, m):.4f}" for m in METRICS),
-        )
-    console.print(t)
+    render_comparison(df, console)
     console.print(f"wrote {out}/comparison.csv, table.png, radar.png, params_vs_time.png, curves.png", markup=False)
 
 

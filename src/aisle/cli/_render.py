@@ -6,11 +6,17 @@ Text from the user's data (paths, ids, class and column names, texts) goes throu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from aisle.evaluation.check import CheckReport
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def render_check(report: CheckReport, console: Console, max_issue_rows: int = 25) -> None:
@@ -151,4 +157,43 @@ def render_ensemble(spec: dict, console: Console) -> None:
     for m in spec["members"]:
         t.add_row(escape(m["name"]), f"{m['weight']:.2f}", f"{m['oof']['acc']:.4f}", f"{m['oof']['macro_f1']:.4f}")
     t.add_row("[bold]blend[/]", "", f"{spec['blend']['acc']:.4f}", f"[bold]{spec['blend']['macro_f1']:.4f}[/]")
+    console.print(t)
+
+
+def _count(n: float) -> str:
+    """A parameter count in at most 6 characters: 980, 45.3k, 1.24M, 3.1B."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def render_comparison(df: pd.DataFrame, console: Console) -> None:
+    """The comparison table (:func:`aisle.evaluation.compare.compare_runs`) narrow enough for 80 columns: CV and,
+    where a run was evaluated, test accuracy and macro-F1; the other metrics are in ``comparison.csv``."""
+    from aisle.evaluation.compare import has_test_metrics
+
+    test = has_test_metrics(df)
+    t = Table(
+        title=f"{len(df)} runs, best CV macro-F1 first",
+        caption="train s: wall time, feature encoding included; F1: macro-F1; top-3, macro P/R and towers are in "
+        "comparison.csv" + ("; –: not evaluated (aisle evaluate RUN/predictions/probabilities.csv)" if test else ""),
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules and two-line headers: the room goes to the run names
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    t.add_column("run", overflow="fold", ratio=3)
+    t.add_column("model", overflow="fold", ratio=1)
+    t.add_column("params", justify="right", no_wrap=True)
+    t.add_column("train\ns", justify="right", no_wrap=True)
+    metrics = {"CV\nacc": "acc", "CV\nF1": "macro_f1"}
+    if test:
+        metrics |= {"test\nacc": "test_acc", "test\nF1": "test_macro_f1"}
+    for name in metrics:
+        t.add_column(name, justify="right", no_wrap=True)
+    for _, r in df.iterrows():
+        model = str(r["model"]) + (f" {r['fusion']}" if r["fusion"] else "")
+        scores = ("–" if r[k] != r[k] else f"{r[k]:.4f}" for k in metrics.values())  # NaN: not evaluated
+        t.add_row(escape(str(r["run"])), escape(model), _count(r["params"]), f"{r['train_seconds']:.1f}", *scores)
     console.print(t)

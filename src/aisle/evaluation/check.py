@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,9 +19,12 @@ from aisle.config import DataConfig
 from aisle.data.images import MISSING, ImageIssue, ImageProbe, probe_image
 from aisle.data.prepare import load_source
 from aisle.data.products import Products, load_products
-from aisle.evaluation.plotting import pyplot
+from aisle.evaluation.plotting import pyplot, save_png, wrap_label
 
-__all__ = ["CheckReport", "SampleRow", "run_check"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["CheckReport", "SampleRow", "caption", "class_distribution_figure", "contact_sheet_figure", "run_check"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,8 @@ def _probe_all(
     return issues
 
 
-def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: int = 128) -> Path:
+def contact_sheet_figure(rows: list[SampleRow], products: Products, thumb: int = 128) -> Figure:
+    """The sampled products' first images, each under its whole class name and id (wrapped, never cut)."""
     plt = pyplot()
 
     from aisle.data.images import open_image, placeholder_image
@@ -99,11 +104,13 @@ def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: 
     n = max(1, len(rows))
     cols = min(8, n)
     nrows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.9, nrows * 2.5), squeeze=False)
+    titles = [caption(row.label or "?", row.id) for row in rows]
+    lines = max((t.count("\n") + 1 for t, _ in titles), default=1)
+    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.9, nrows * (2.1 + 0.14 * lines)), squeeze=False)
     paths = dict(zip(map(str, products.ids), products.image_paths))
     for ax in axes.flat:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
+    for ax, row, (title, size) in zip(axes.flat, rows, titles):
         image = None
         if paths.get(row.id):
             image, _ = open_image(paths[row.id][0], products.roots, draft=(thumb, thumb))
@@ -121,31 +128,55 @@ def _contact_sheet(rows: list[SampleRow], products: Products, out: Path, thumb: 
             )
         image.thumbnail((thumb, thumb))
         ax.imshow(np.asarray(image))
-        label = (row.label or "?")[:22]
-        ax.set_title(f"{label}\n{row.id[:22]}", fontsize=7)
+        ax.set_title(title, fontsize=size)
     fig.suptitle(f"{products.source}: {len(rows)} sampled products", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
 
 
-def _class_plot(counts: dict[str, int], out: Path, top: int = 40) -> Path:
+def caption(
+    label: str, pid: str, chars: int = 26, max_lines: int = 5, sizes: tuple[float, ...] = (7, 6, 5)
+) -> tuple[str, float]:
+    """A contact-sheet title: the class name, then the id, wrapped to the cell's width (``chars`` characters at
+    the first size), at the largest font size of ``sizes`` where the two take at most ``max_lines`` lines. Past
+    the smallest size they take more lines: nothing is cut, ``title.replace("\\n", "") == label + pid``.
+
+    Returns:
+        (title with its line breaks, font size)
+    """
+
+    def lines(size: float) -> list[str]:
+        width = int(chars * sizes[0] / size)
+        return wrap_label(label, width) + wrap_label(pid, width)
+
+    size = next((s for s in sizes if len(lines(s)) <= max_lines), sizes[-1])
+    return "\n".join(lines(size)), size
+
+
+def class_distribution_figure(counts: dict[str, int], top: int = 40, max_ratio: float = 10) -> Figure:
+    """Rows per class as bars with their counts; a log axis only where the largest class has more than
+    ``max_ratio`` times the rows of the smallest (a linear one reads better for balanced classes)."""
     plt = pyplot()
 
     items = sorted(counts.items(), key=lambda kv: -kv[1])
     shown = items if len(items) <= top else items[: top // 2] + items[-top // 2 :]
-    fig, ax = plt.subplots(figsize=(7, 0.22 * len(shown) + 1.2))
-    ax.barh([k[:30] for k, _ in shown][::-1], [v for _, v in shown][::-1], color="#4C72B0")
-    ax.set_xscale("log")
-    ax.set_xlabel("rows (log scale)")
+    names = ["\n".join(line.strip() for line in wrap_label(k, 40)) for k, _ in shown][::-1]
+    values = [v for _, v in shown][::-1]
+    n_lines = sum(name.count("\n") + 1 for name in names)
+    fig, ax = plt.subplots(figsize=(7.5, 0.13 * n_lines + 0.09 * len(names) + 1.2))
+    bars = ax.barh(names, values, color="#4C72B0")
+    ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=2, fontsize=7)
+    log = items[0][1] > max_ratio * max(1, items[-1][1])
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlim(right=ax.get_xlim()[1] * (3 if log else 1.12))  # room for the counts
+    ax.set_xlabel("rows (log scale)" if log else "rows")
     title = f"{len(items)} classes" + (f" (largest and smallest {top // 2})" if len(items) > top else "")
-    ax.set_title(title, fontsize=9)
+    ratio = items[0][1] / max(1, items[-1][1])
+    ax.set_title(f"{title}, largest/smallest = {ratio:.1f}x", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def run_check(
@@ -261,9 +292,11 @@ def _sample_rows(
 def _write_files(report: CheckReport, products: Products, out: Path) -> None:
     """The report as JSON, the image issues as CSV, the contact sheet and the class distribution as PNGs."""
     out.mkdir(parents=True, exist_ok=True)
-    report.files["contact_sheet"] = str(_contact_sheet(report.sample, products, out / "contact_sheet.png"))
+    sheet = contact_sheet_figure(report.sample, products)
+    report.files["contact_sheet"] = str(save_png(sheet, out / "contact_sheet.png", dpi=100))
     if report.class_counts:
-        report.files["class_distribution"] = str(_class_plot(report.class_counts, out / "class_distribution.png"))
+        bars = class_distribution_figure(report.class_counts)
+        report.files["class_distribution"] = str(save_png(bars, out / "class_distribution.png", dpi=100))
     with open(out / "image_issues.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "reason"])

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
 
 from aisle.evaluation.metrics import classification_metrics
-from aisle.evaluation.plotting import pyplot
-from aisle.serialization import write_json
+from aisle.evaluation.plotting import pyplot, save_png, wrap_label
+from aisle.rundir import RunDir
+from aisle.serialization import read_json, write_json
 from aisle.tables import read_numeric_table, read_table
 
-__all__ = ["Evaluation", "evaluate_files", "evaluate_probs", "plot_confusion"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["Evaluation", "EvaluationDir", "confusion_figure", "evaluate_files", "evaluate_probs"]
 
 
 @dataclass
@@ -25,6 +29,47 @@ class Evaluation:
     confusion: pd.DataFrame  # rows: true class, columns: predicted class
     n_scored: int
     n_unscored: int  # rows whose label is missing or not among the predicted classes
+
+
+@dataclass(frozen=True)
+class EvaluationDir:
+    """The folder ``aisle evaluate`` writes: every file name in it is spelled here only.
+
+    By default it is ``evaluation/`` beside the probabilities file, so a run's test scores live in
+    ``<run>/predictions/evaluation/`` (:meth:`of_run`), where ``compare`` and ``report`` look for them.
+    """
+
+    root: Path
+
+    @classmethod
+    def beside(cls, probabilities: str | Path) -> EvaluationDir:
+        """The default folder for scoring ``probabilities``."""
+        return cls(Path(probabilities).parent / "evaluation")
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> EvaluationDir:
+        """Where the scores of a run's default predictions (``aisle predict RUN``) are written."""
+        return cls(RunDir(run_dir).predictions / "evaluation")
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def per_class(self) -> Path:
+        return self.root / "per_class.csv"
+
+    @property
+    def confusion_csv(self) -> Path:
+        return self.root / "confusion_matrix.csv"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    def read_metrics(self) -> dict[str, float] | None:
+        """The saved metrics (with ``n_scored`` and ``n_unscored``), or None where nothing was evaluated."""
+        return read_json(self.metrics) if self.metrics.is_file() else None
 
 
 def evaluate_probs(y_true: list | np.ndarray, probs: np.ndarray, classes: list[str]) -> Evaluation:
@@ -48,7 +93,7 @@ def evaluate_probs(y_true: list | np.ndarray, probs: np.ndarray, classes: list[s
     return Evaluation(metrics, per_class, cm, int(keep.sum()), int((~keep).sum()))
 
 
-def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, max_classes: int = 60) -> Path:
+def confusion_figure(cm: pd.DataFrame, normalise: bool = True, max_classes: int = 60) -> Figure:
     """Confusion matrix heat map (row-normalised); with many classes, the most confused ones are shown."""
     plt = pyplot()
 
@@ -62,10 +107,14 @@ def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, m
     if normalise:
         values = values / np.maximum(values.sum(1, keepdims=True), 1)
     n = len(m)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.3 * n, 22), min(1.5 + 0.3 * n, 20)))
+    ticks = [_tick(c) for c in m.index]
+    label = 0.06 * max(len(line) for t in ticks for line in t.split("\n"))  # inches at 7 pt, about
+    cell = 0.32 if any("\n" in t for t in ticks) else 0.25  # two-line names need taller rows
+    side = min(cell * n, 18)
+    fig, ax = plt.subplots(figsize=(side + label + 1.5, side + label + 1.0))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalise else None)
-    ax.set_xticks(range(n), [str(c)[:20] for c in m.columns], rotation=90, fontsize=7)
-    ax.set_yticks(range(n), [str(c)[:20] for c in m.index], fontsize=7)
+    ax.set_xticks(range(n), [_tick(c) for c in m.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(n), ticks, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
@@ -89,9 +138,14 @@ def plot_confusion(cm: pd.DataFrame, path: str | Path, normalise: bool = True, m
     )
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def _tick(name: object, width: int = 24) -> str:
+    """A class name on at most two lines; a longer one ends in a visible ellipsis."""
+    lines = wrap_label(str(name), width)
+    shown = [line.strip() for line in lines[:2]]
+    return "\n".join(shown) + ("…" if len(lines) > 2 else "")
 
 
 def evaluate_files(
@@ -117,10 +171,10 @@ def evaluate_files(
         raise ValueError(f"no id of {probabilities} appears in {labels}")
     ev = evaluate_probs(joined[col].tolist(), probs[classes].to_numpy(), classes)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", {**ev.metrics, "n_scored": ev.n_scored, "n_unscored": ev.n_unscored})
-        ev.per_class.to_csv(out / "per_class.csv", index_label="class")
-        ev.confusion.to_csv(out / "confusion_matrix.csv", index_label="true\\predicted")
-        plot_confusion(ev.confusion, out / "confusion_matrix.png")
+        out = EvaluationDir(Path(out_dir))
+        out.root.mkdir(parents=True, exist_ok=True)
+        write_json(out.metrics, {**ev.metrics, "n_scored": ev.n_scored, "n_unscored": ev.n_unscored})
+        ev.per_class.to_csv(out.per_class, index_label="class")
+        ev.confusion.to_csv(out.confusion_csv, index_label="true\\predicted")
+        save_png(confusion_figure(ev.confusion), out.confusion_png)
     return ev

@@ -20,6 +20,7 @@ from aisle.data.dataset import Precomputed
 from aisle.data.loaders import LoaderOptions, build_loader
 from aisle.data.prepare import TrainingData
 from aisle.evaluation.metrics import classification_metrics
+from aisle.logging_setup import hide_lightning_banners
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import loader_inputs, set_trainable, use_channels_last
 from aisle.progress import bar_kind, bars_on
@@ -187,6 +188,7 @@ def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
 
 
 def _trainer(cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], fd: FoldDir, batches: int) -> L.Trainer:
+    hide_lightning_banners()  # accelerator summary, tips, "stopped: max_epochs reached"
     return L.Trainer(
         max_epochs=epochs,
         accelerator=cfg.runtime.accelerator,
