@@ -174,6 +174,17 @@ def test_stages_count_what_trains_and_predict_picks_a_stage(tmp_path, catalogue,
     assert "'model.image_size'" in err and "data.max_image_pixels" in err
 
 
+def test_train_seconds_counts_folds_an_earlier_command_fitted(tmp_path, catalogue):
+    rd = tmp_path / "run"
+    assert main(["train", "-c", str(_config(tmp_path, catalogue)), "--run-dir", str(rd), "--fold", "0"]) == 0
+    first = json.loads((rd / "cv_summary.json").read_text())
+    assert main(["train", "--resume", str(rd)]) == 0  # fold 0 is kept, fold 1 is fitted now
+    summary = json.loads((rd / "cv_summary.json").read_text())
+    assert set(summary["folds"]) == {"0", "1"}
+    assert summary["folds"]["0"]["seconds"] == first["folds"]["0"]["seconds"]
+    assert summary["train_seconds"] >= summary["fitting_seconds"], "the earlier command's fitting is counted"
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, catalogue):
     cfg = _config(tmp_path, catalogue, epochs=4)

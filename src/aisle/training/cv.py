@@ -128,7 +128,9 @@ def run_cv(
             results = []
             for k in chosen:
                 log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
-                results.append(finished_fold(rd.fold(stage.name, k), stage, k) or fit(ctx, stage, k))
+                earlier = finished_fold(rd.fold(stage.name, k), stage, k)
+                started -= earlier.seconds if earlier else 0.0  # fitted by an earlier (interrupted) command
+                results.append(earlier or fit(ctx, stage, k))
                 gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their workers now
             if not lead:
                 continue
@@ -147,7 +149,8 @@ def run_cv(
 
 def _run_summary(cfg: AisleConfig, rd: RunDir, summaries: dict[str, dict], seconds: float) -> dict:
     """The last stage's summary with the run's own facts; ``train_seconds`` is this command's wall time (every
-    stage, feature encoding and image checks included), ``fitting_seconds`` the folds' fitting alone."""
+    stage, feature encoding and image checks included) plus the fitting time of folds an earlier, interrupted
+    command finished; ``fitting_seconds`` is the folds' fitting alone."""
     fitting = sum(sum(f["seconds"] for f in s["folds"].values()) for s in summaries.values())
     return {
         **summaries[rd.final_stage(cfg)],
