@@ -145,7 +145,9 @@ def test_stages_count_what_trains_and_predict_picks_a_stage(tmp_path, catalogue,
     assert head["total"] == full["total"] == full["trainable"]
     assert 0 < head["trainable"] < full["trainable"], "a frozen stage counts only what it trains"
     assert summary["train_seconds"] >= summary["fitting_seconds"] > 0, "the run's wall time includes encoding"
-    capsys.readouterr()
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"{head['trainable']:,} trained in stage head" in printed
+    assert f"{full['trainable']:,} trained in stage full" in printed
 
     test = str(catalogue / "test.csv")
     assert main(["predict", str(rd), "--data", test, "--out", str(tmp_path / "p_full")]) == 0

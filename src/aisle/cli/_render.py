@@ -120,8 +120,10 @@ def render_cv(summary: dict, console: Console) -> None:
             style="bold",
         )
     console.print(t)
-    p = summary["params"]
-    console.print(f"parameters: {p['total']:,} ({p['trainable']:,} trainable at start)")
+    for stage, s in summary.get("stages", {"": summary}).items():  # what each stage trains (frozen towers: no)
+        p = s["params"]
+        where = f" in stage {stage}" if stage else ""
+        console.print(f"parameters: {p['total']:,}, {p['trainable']:,} trained{where}", markup=False)
 
 
 def render_evaluation(ev, console: Console, worst: int = 10) -> None:
