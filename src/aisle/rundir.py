@@ -5,10 +5,11 @@
     <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)  image_issues.csv
          /.lock (while a process writes the run: see aisle.locking)
          /assets/  template.safetensors  cv_summary.json  predictions/  report.html
+         /wandb/  mlruns/ (``train.loggers``: W&B's offline runs, MLflow's file store)
          /ensemble.json  members/<name>/ (an ensemble fitted on its members' out-of-fold predictions)
          /<stage>/cv_summary.json  oof.csv
          /<stage>/fold_<k>/best.safetensors  best.json  last.safetensors  last.json  last_optim.safetensors
-                           last_optim.json  history.csv  time.json  oof.csv  done.json  tb/
+                           last_optim.json  history.csv  time.json  oof.csv  done.json  tb/  csv/
 """
 
 from __future__ import annotations
@@ -68,9 +69,14 @@ class FoldDir:
         return self.root / "done.json"
 
     @property
-    def logs(self) -> Path:
-        """TensorBoard's folder (``tb/``) lives under this."""
-        return self.root
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files (``train.loggers: [tensorboard]``)."""
+        return self.root / "tb"
+
+    @property
+    def csv_logs(self) -> Path:
+        """Lightning's CSV logger: ``metrics.csv`` and ``hparams.yaml`` (``train.loggers: [csv]``)."""
+        return self.root / "csv"
 
     def resume_files(self) -> list[Path]:
         """What only an unfinished fold needs (removed when the fold is done)."""
@@ -156,6 +162,17 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's offline runs (``train.loggers: [wandb]``): W&B names this folder inside the one it is given,
+        the run folder."""
+        return self.root / "wandb"
+
+    @property
+    def mlruns(self) -> Path:
+        """MLflow's file store (``train.loggers: [mlflow]``): one experiment named after the run folder."""
+        return self.root / "mlruns"
 
     def stage(self, name: str) -> Path:
         return self.root / name

@@ -47,7 +47,7 @@ _USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
 
 
 def _fail(msg: str | BaseException, code: int = 2) -> None:
-    if isinstance(msg, ImportError):
+    if isinstance(msg, ImportError) and "pip install" not in str(msg):  # a message that says what to install is kept
         fix = f"pip install {msg.name}" if msg.name else "install the package it names"
         msg = f"a package this needs is missing: {msg} ({fix}; `make venv` installs everything aisle uses)"
     err_console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)  # [brackets] printed as is

@@ -236,6 +236,13 @@ def _default_cache_views() -> list[Literal["orig", "hflip"]]:
     return ["orig"]
 
 
+LoggerName = Literal["tensorboard", "csv", "wandb", "mlflow"]
+
+
+def _default_loggers() -> list[LoggerName]:
+    return ["tensorboard"]
+
+
 class TrainConfig(_Section):
     folds: list[int] | None = None  # None: every fold
     epochs: int = Field(default=5, ge=1)
@@ -258,6 +265,8 @@ class TrainConfig(_Section):
     cache_views: list[Literal["orig", "hflip"]] = Field(default_factory=_default_cache_views)  # frozen image towers
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
     num_nodes: int = Field(default=1, ge=1)
+    # experiment tracking through Lightning's loggers; wandb and mlflow need their extras (aisle[wandb], aisle[mlflow])
+    loggers: list[LoggerName] = Field(default_factory=_default_loggers)
 
     @model_validator(mode="after")
     def _stages_refer_backwards(self) -> TrainConfig:
@@ -271,6 +280,13 @@ class TrainConfig(_Section):
                     f"(earlier stages: {sorted(seen) or 'none'})"
                 )
             seen.add(stage.name)
+        return self
+
+    @model_validator(mode="after")
+    def _loggers_once(self) -> TrainConfig:
+        twice = sorted({name for name in self.loggers if self.loggers.count(name) > 1})
+        if twice:
+            raise ValueError(f"train.loggers lists {', '.join(twice)} more than once")
         return self
 
 

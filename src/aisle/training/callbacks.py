@@ -29,13 +29,22 @@ def _epoch_label(trainer: L.Trainer, epoch: int) -> str:
     )
 
 
-class _RichEpochBar(RichProgressBar):
+class _NoRunId:
+    """Leaves out Lightning's ``v_num``: the last characters of the W&B / MLflow run ids, nothing to read."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict]:
+        metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]  # a mixin before a progress bar
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class _RichEpochBar(_NoRunId, RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         label = _epoch_label(self.trainer, current_epoch)
         return f"{label:{len(self.validation_description)}}"  # padded as Lightning does (no flicker)
 
 
-class _TqdmEpochBar(TQDMProgressBar):
+class _TqdmEpochBar(_NoRunId, TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, *_: object) -> None:  # Lightning's, with our label
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()

@@ -31,6 +31,7 @@ from aisle.serialization import load_weights, read_json, save_weights, write_jso
 from aisle.tables import read_numeric_table, write_table
 from aisle.training.fold import FoldResult, RunContext, finished_fold, fit_fold, param_counts
 from aisle.training.linear import fit_linear_fold, is_fitted_model
+from aisle.training.tracking import check_loggers, log_run_end
 
 __all__ = ["prepare_run_dir", "run_cv"]
 
@@ -109,6 +110,7 @@ def run_cv(
         cfg = load_config(rd.config)
     check_tower_names(cfg.model)  # before any data is read or folder written
     check_tower_weights(cfg.model)
+    check_loggers(cfg.train.loggers)
     with hold_run_dir(rd):  # one writer per run folder, before --overwrite clears anything
         if lead and not resume:
             cfg = _start_run_dir(cfg, rd, overwrite, frame, base_dir)
@@ -144,6 +146,7 @@ def run_cv(
             return {}
         summary = _run_summary(cfg, rd, summaries, time.perf_counter() - started)
         write_json(rd.summary, summary)
+        log_run_end(cfg, rd, summary)
         return summary
 
 

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from aisle.config import AisleConfig, LearningRates, StageConfig
@@ -31,6 +32,7 @@ from aisle.training.callbacks import EpochCheckpoint, ResumeState, epoch_bar, se
 from aisle.training.features import frozen_features
 from aisle.training.losses import LOSSES, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
+from aisle.training.tracking import tracked_fold
 
 __all__ = [
     "FoldResult",
@@ -187,7 +189,9 @@ def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
     return FoldLoaders(train, val, tr, va)
 
 
-def _trainer(cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], fd: FoldDir, batches: int) -> L.Trainer:
+def _trainer(
+    cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], loggers: list[Logger], batches: int
+) -> L.Trainer:
     hide_lightning_banners()  # accelerator summary, tips, "stopped: max_epochs reached"
     return L.Trainer(
         max_epochs=epochs,
@@ -199,7 +203,7 @@ def _trainer(cfg: AisleConfig, epochs: int, callbacks: list[L.Callback], fd: Fol
         accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         gradient_clip_val=cfg.train.gradient_clip_val,
         callbacks=callbacks,
-        logger=[L.pytorch.loggers.TensorBoardLogger(str(fd.logs), name="tb", version="")],
+        logger=loggers,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -277,9 +281,11 @@ def train_fold(
     module = ClassifierModule(fm.model, criterion, cfg.train, stage_lrs(cfg, stage), steps, fm.frozen)
     t0 = time.perf_counter()
     if epochs > offset:
-        trainer = _trainer(cfg, epochs - offset, _callbacks(ctx, fm, fold, fd, loaders, last), fd, len(loaders.train))
-        seed_epoch(cfg.train.seed + 1000 * fold, offset, loaders.train.generator)
-        trainer.fit(module, loaders.train, loaders.val)
+        callbacks = _callbacks(ctx, fm, fold, fd, loaders, last)
+        with tracked_fold(cfg, ctx.rd, stage.name, fold) as loggers:
+            trainer = _trainer(cfg, epochs - offset, callbacks, loggers, len(loaders.train))
+            seed_epoch(cfg.train.seed + 1000 * fold, offset, loaders.train.generator)
+            trainer.fit(module, loaders.train, loaders.val)
         if not trainer.is_global_zero:
             return None
     seconds = time.perf_counter() - t0 + (read_json(fd.time)["seconds"] if fd.time.exists() else 0.0)

@@ -23,6 +23,7 @@ from aisle.registry import Registry
 from aisle.rundir import RunDir
 from aisle.training.blend import fit_ensemble
 from aisle.training.cv import prepare_run_dir, run_cv
+from aisle.training.tracking import check_loggers
 
 __all__ = ["PRESETS", "Member", "run_portfolio"]
 
@@ -129,6 +130,7 @@ def run_portfolio(
     for m in chosen:  # a tower name timm does not know, or a missing --models-dir folder, fails before any work
         check_tower_names(configs[m.name].model)
         check_tower_weights(configs[m.name].model)
+        check_loggers(configs[m.name].train.loggers)
     with hold_run_dir(rd):  # one writer per portfolio folder (each member's run_cv also locks its own)
         if overwrite or not rd.members.is_dir() or rd.is_ensemble():
             prepare_run_dir(cfg, rd, overwrite)
