@@ -101,7 +101,7 @@ def run_datapath(work: Path, quick: bool) -> dict:
             "train size": size,
             "workers": 2,
             "batch": 32,
-            "cache side": round(size * 1.15),
+            "cache": "each image as the loaders decode it (JPEG draft), short side at most 2x the train size",
         },
         "ratio_from_second_epoch": ratio(cached, plain, False),
         "ratio_vs_full_resolution_decode": ratio(cached, full, False),

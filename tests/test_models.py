@@ -217,14 +217,61 @@ def test_uint8_pixels_are_normalised_by_the_tower(kind):
 
 @pytest.mark.parametrize("prefix", ["hf-clip", "hf-siglip"])
 def test_dual_text_view_masks_padding_so_a_text_reads_the_same_in_any_batch(prefix):
+    """A dual encoder trained here masks its padding and reads batches trimmed to their longest row: a row's
+    features do not depend on the rows beside it, on how far it is padded, or on what the padding holds."""
     text = DUAL_ENCODERS.create(prefix, "tiny", texts=TEXTS).text.eval()
-    short, long = "red shirt", "a long blue silk scarf with many many words in it"
+    short, long = "silk satin", "soft wool knit cushion with a merino woollen blend and a satin silken weave"
     alone, batch = text.tokenize([short]), text.tokenize([short, long])
-    assert batch["attention_mask"][0].sum() < batch["input_ids"].shape[1], "the short row is padded"
-    assert text.fixed_length == (prefix == "hf-siglip"), "SigLIP pools its last position: always max length"
-    garbled = {k: v.clone() for k, v in batch.items()}
-    pads = (garbled["attention_mask"][0] == 0).nonzero().flatten()[:-1]  # masked positions, but the pooled last one
-    garbled["input_ids"][0, pads] = 5
+    padded = text.tokenizer(
+        [short, long], padding="max_length", max_length=text.max_length, truncation=True, return_tensors="pt"
+    )
+    assert not text.fixed_length
+    assert alone["input_ids"].shape[1] < batch["input_ids"].shape[1] < padded["input_ids"].shape[1], "trimmed"
+    garbled = {k: v.clone() for k, v in padded.items()}
+    garbled["input_ids"][0, garbled["attention_mask"][0] == 0] = 5  # every padded position of the short row
     with torch.no_grad():
-        assert torch.allclose(text(alone)[0], text(batch)[0], atol=1e-5)
-        assert torch.allclose(text(batch)[0], text(garbled)[0], atol=1e-5), "padding is masked out"
+        ref = text(alone)[0]
+        for name, other in {"batched": batch, "max-length": padded, "garbled padding": garbled}.items():
+            assert torch.allclose(ref, text(other)[0], atol=1e-5), name
+
+
+def test_a_siglip_trained_here_pools_each_rows_last_real_token():
+    """It used to pool position -1 of max-length batches (a pad for short rows): the same vector as before for a
+    row that fills max_length, and the row's own last token (its [SEP]) instead of a pad for a shorter row."""
+    text = DUAL_ENCODERS.create("hf-siglip", "tiny", max_length=8, texts=TEXTS).text.eval()
+    enc = text.tokenizer(
+        ["soft wool knit cushion silk satin sheen merino", "silk satin"],
+        padding="max_length",
+        max_length=8,
+        truncation=True,
+        return_tensors="pt",
+    )
+    assert enc["attention_mask"][0].all() and not enc["attention_mask"][1].all()
+    with torch.no_grad():
+        before = text.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+        now = text(dict(enc))
+        sep = text.encoder(**enc).last_hidden_state[1, int(enc["attention_mask"][1].sum()) - 1]
+    assert torch.allclose(now[0], before[0], atol=1e-5), "a full row's last real token is its last position"
+    assert not torch.allclose(now[1], before[1], atol=1e-3), "a short row is no longer pooled at a pad"
+    assert torch.allclose(now[1], text.encoder.head(sep), atol=1e-5)
+
+
+def test_a_pretrained_siglip_reads_texts_as_it_was_trained(tmp_path):
+    """A pretrained SigLIP checkpoint gets no mask and every text padded to max_length, pooled at the last position
+    (its own pooler, unchanged); the same folder with random weights (trained here) masks and trims."""
+    from transformers import SiglipImageProcessor
+
+    from aisle.models.dual import _tiny_hf_dual
+
+    model, tokenizer = _tiny_hf_dual("siglip", TEXTS, 16, 32)
+    for part in (model, tokenizer, SiglipImageProcessor(size={"height": 32, "width": 32})):
+        part.save_pretrained(tmp_path)
+    text = DUAL_ENCODERS.create("hf-siglip", str(tmp_path), pretrained=True, max_length=16).text.eval()
+    scratch = DUAL_ENCODERS.create("hf-siglip", str(tmp_path), pretrained=False, max_length=16).text
+    assert (text.reading, scratch.reading) == ("as_trained", "last_token")
+    assert text.fixed_length and not scratch.fixed_length
+    enc = text.tokenize(["silk satin", "soft wool knit cushion"])
+    assert enc["input_ids"].shape == (2, 16), "padded to max_length"
+    with torch.no_grad():
+        expected = model.eval().text_model(input_ids=enc["input_ids"]).pooler_output  # no mask
+        assert torch.allclose(text(enc), expected, atol=1e-5)

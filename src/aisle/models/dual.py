@@ -10,7 +10,7 @@ import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -51,7 +51,21 @@ class _ImageView(Tower):
         return masked_mean(feats.view(b, k, -1), batch["image_mask"])  # (B, D)
 
 
+# How a Hugging Face dual encoder's text view feeds its texts and pools a row (see _HFTextView)
+TextReading = Literal["eos", "last_token", "as_trained"]
+
+
 class _HFTextView(Tower):
+    """The text half of a Hugging Face CLIP / SigLIP; ``reading`` says how texts go in and become one vector.
+
+    - ``"eos"`` (CLIP): masked batches trimmed to their longest row; the model's own pooler (the EOS token, which
+      CLIP finds by its id).
+    - ``"last_token"`` (a SigLIP trained here): masked batches trimmed to their longest row; the last real token of
+      each row (its EOS) through the model's head, so a row gives the same features in any batch.
+    - ``"as_trained"`` (a pretrained SigLIP checkpoint): no mask, every text padded to ``max_length`` and pooled at
+      the last position, as the checkpoint was trained.
+    """
+
     modality = "text"
 
     def __init__(
@@ -61,19 +75,19 @@ class _HFTextView(Tower):
         output_dim: int,
         tokenizer: Any,
         max_length: int,
-        pad_to_max: bool = False,
-        use_mask: bool = True,
+        reading: TextReading = "eos",
     ) -> None:
         super().__init__()
         self.encoder, self.projection, self.output_dim = encoder, projection, output_dim
-        self.tokenizer, self.max_length, self.pad_to_max, self.use_mask = tokenizer, max_length, pad_to_max, use_mask
-        self.fixed_length = pad_to_max
+        self.tokenizer, self.max_length, self.reading = tokenizer, max_length, reading
+        self.fixed_length = reading == "as_trained"
+        if reading == "last_token":
+            tokenizer.padding_side = "right"  # a row's last real token sits at its mask's sum - 1
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # SigLIP pools the last position, so it always pads to max_length (CLIP pools its EOS token: trimmed)
         enc = self.tokenizer(
             list(texts),
-            padding="max_length" if self.pad_to_max else True,
+            padding="max_length" if self.fixed_length else True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
@@ -83,11 +97,21 @@ class _HFTextView(Tower):
         return {"input_ids": ids, "attention_mask": mask}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        kwargs = {"input_ids": batch["input_ids"]}
-        if self.use_mask:
-            kwargs["attention_mask"] = batch["attention_mask"]
-        feats = _pooled(self.encoder(**kwargs))
+        ids = batch["input_ids"]  # (B, T)
+        if self.reading == "as_trained":
+            feats = _pooled(self.encoder(input_ids=ids))
+        else:
+            mask = batch["attention_mask"]  # (B, T)
+            out = self.encoder(input_ids=ids, attention_mask=mask)
+            feats = _pooled(out) if self.reading == "eos" else self._last_token(out.last_hidden_state, mask)
         return self.projection(feats) if self.projection is not None else feats
+
+    def _last_token(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """SigLIP's pooler (final states -> ``head``), taken at each row's last real token instead of position -1."""
+        last = (mask.sum(1) - 1).clamp(min=0)  # (B,): rows are right-padded
+        index = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])  # (B, 1, H)
+        head = cast(nn.Module, self.encoder.head)  # SiglipTextModel / SiglipTextTransformer's final linear layer
+        return head(hidden.gather(1, index).squeeze(1))  # (B, D)
 
 
 class DualEncoder(nn.Module):
@@ -156,7 +180,7 @@ def _load_hf_dual(
 
 
 def _hf_dual(
-    kind: str, model: Any, tokenizer: Any, preprocess: ImagePreprocess, max_length: int, use_mask: bool
+    model: Any, tokenizer: Any, preprocess: ImagePreprocess, max_length: int, reading: TextReading
 ) -> DualEncoder:
     """A Hugging Face CLIP / SigLIP model as two towers (each view projected into the joint space)."""
     cfg = model.config
@@ -175,8 +199,7 @@ def _hf_dual(
         int(proj_dim if text_proj is not None else cfg.text_config.hidden_size),
         tokenizer,
         max_length,
-        pad_to_max=kind == "siglip",
-        use_mask=use_mask,
+        reading,
     )
 
     def assets(folder: Path) -> None:
@@ -185,6 +208,14 @@ def _hf_dual(
         (folder / "aisle_image_preprocess.json").write_text(json.dumps(preprocess.to_dict()))
 
     return DualEncoder(image, text, {"max_length": max_length}, assets)
+
+
+def _text_reading(kind: str, name: str, pretrained: bool) -> TextReading:
+    """CLIP pools its EOS token; a pretrained SigLIP keeps its training-time input (no mask, padded to max length);
+    a SigLIP trained here (random weights, the tiny preset) masks its padding and reads trimmed batches."""
+    if kind == "clip":
+        return "eos"
+    return "as_trained" if pretrained and name != TINY_PRESET else "last_token"
 
 
 def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc: str) -> Callable[..., DualEncoder]:
@@ -200,9 +231,7 @@ def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc:
     ) -> DualEncoder:
         length = min(max_length, max_context) if max_context else max_length
         model, tokenizer, preprocess = _load_hf_dual(kind, name, pretrained, length, texts, assets_dir, image_size)
-        # a pretrained SigLIP keeps its training-time input (no mask); one trained here masks its padding
-        use_mask = not (kind == "siglip" and pretrained and name != TINY_PRESET)
-        return _hf_dual(kind, model, tokenizer, preprocess, length, use_mask)
+        return _hf_dual(model, tokenizer, preprocess, length, _text_reading(kind, name, pretrained))
 
     create.__doc__ = doc
     return create
