@@ -84,6 +84,12 @@ class _TqdmSink:
 _SINK: ContextVar[_Sink | None] = ContextVar("aisle_progress", default=None)
 
 
+def _sink(kind: Kind | None, console: Console | None) -> _Sink | None:
+    if kind == "rich":
+        return _RichSink(console or Console(stderr=True))
+    return _TqdmSink() if kind == "tqdm" else None
+
+
 def _enabled() -> bool:
     return os.environ.get("AISLE_PROGRESS", "1") != "0"
 
@@ -91,12 +97,7 @@ def _enabled() -> bool:
 @contextmanager
 def show_progress(kind: Kind | None, console: Console | None = None) -> Iterator[None]:
     """Draw the steps opened inside this block as ``kind`` bars (None: draw nothing)."""
-    sink: _Sink | None = None
-    if kind == "rich":
-        sink = _RichSink(console or Console(stderr=True))
-    elif kind == "tqdm":
-        sink = _TqdmSink()
-    token = _SINK.set(sink)
+    token = _SINK.set(_sink(kind, console))
     try:
         yield
     finally:
@@ -105,7 +106,7 @@ def show_progress(kind: Kind | None, console: Console | None = None) -> Iterator
 
 def set_progress(kind: Kind | None, console: Console | None = None) -> None:
     """Like :func:`show_progress` for the rest of the current context (the CLI's root callback)."""
-    _SINK.set(_RichSink(console or Console(stderr=True)) if kind == "rich" else _TqdmSink() if kind else None)
+    _SINK.set(_sink(kind, console))
 
 
 def bar_kind() -> Kind | None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,13 +14,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["LabelMap", "RarePolicy", "apply_rare_class_policy"]
+__all__ = ["LabelMap", "RarePolicy", "apply_rare_class_policy", "class_columns"]
 
 RarePolicy = Literal["error", "drop", "merge"]
 
 
 RESERVED_COLUMNS = frozenset({"id", "fold", "label", "pred"})  # out-of-fold and probability tables use them
 _INT = re.compile(r"[+-]?\d+")
+
+
+def class_columns(columns: Iterable[str]) -> list[str]:
+    """The per-class probability columns of an aisle table (``oof.csv``, ``probabilities.csv``), in order."""
+    return [c for c in columns if c not in RESERVED_COLUMNS]
 
 
 def _order(names: set[str]) -> list[str]:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from aisle.config import load_config
 from aisle.data.images import open_image, placeholder_image
+from aisle.data.labels import class_columns
 from aisle.data.prepare import load_source
 from aisle.evaluation.compare import METRICS, curves_figure, run_history
 from aisle.evaluation.evaluate import EvaluationDir, confusion_figure, evaluate_probs
@@ -133,7 +134,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, n_errors: i
     summary = read_json(run.summary)
     cfg = load_config(run.config)
     oof = read_numeric_table(run.stage_oof(summary["stage"]))
-    classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
+    classes = class_columns(oof.columns)
     probs = oof[classes].to_numpy()
     ev = evaluate_probs(oof["label"].tolist(), probs, classes)
     curves = png_data_uri(curves_figure({rd.name: run_history(rd)}))

@@ -101,7 +101,7 @@ def run_cv(
     Returns:
         The CV summary of the last stage (also in ``run_dir/cv_summary.json``), with every stage under ``stages``.
     """
-    started = time.perf_counter()
+    started, fitted_before = time.perf_counter(), 0.0
     rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
     lead = is_rank_zero()  # other DDP ranks train alongside but write nothing (rank 0 prepared the folder)
     if resume or not lead:
@@ -131,7 +131,7 @@ def run_cv(
             for k in chosen:
                 log.info("stage %s: fold %d (%d/%d)", stage.name, k, chosen.index(k) + 1, len(chosen))
                 earlier = finished_fold(rd.fold(stage.name, k), stage, k)
-                started -= earlier.seconds if earlier else 0.0  # fitted by an earlier (interrupted) command
+                fitted_before += earlier.seconds if earlier else 0.0  # by an earlier (interrupted) command
                 results.append(earlier or fit(ctx, stage, k))
                 gc.collect()  # Lightning keeps a fold's loaders in reference cycles: free their workers now
             if not lead:
@@ -144,7 +144,7 @@ def run_cv(
             write_json(rd.stage_summary(stage.name), summaries[stage.name])
         if not lead:
             return {}
-        summary = _run_summary(cfg, rd, summaries, time.perf_counter() - started)
+        summary = _run_summary(cfg, rd, summaries, time.perf_counter() - started + fitted_before)
         write_json(rd.summary, summary)
         log_run_end(cfg, rd, summary)
         return summary

@@ -171,12 +171,13 @@ class _RunEnd:
 def _run_end(cfg: AisleConfig, rd: RunDir, summary: dict) -> _RunEnd:
     from PIL import Image as PILImage
 
+    from aisle.data.labels import class_columns
     from aisle.evaluation.evaluate import confusion_figure, evaluate_probs
     from aisle.evaluation.plotting import png_bytes
     from aisle.tables import read_numeric_table
 
     oof = read_numeric_table(rd.stage_oof(summary["stage"]))
-    classes = [c for c in oof.columns if c not in ("id", "fold", "label", "pred")]
+    classes = class_columns(oof.columns)
     ev = evaluate_probs(oof["label"].tolist(), oof[classes].to_numpy(), classes)
     metrics = {
         f"{stage}/{key}_{kind}": float(value)
