@@ -3,6 +3,7 @@
 ::
 
     <run>/config.yaml  label_map.json  schema.json  folds.csv  train_data.csv (Python API)  image_issues.csv
+         /pseudo_rows.csv (data.pseudo_labels)  pseudo_labels/pseudo_labels.csv + .json (aisle pseudo-label)
          /.lock (while a process writes the run: see aisle.locking)
          /assets/  template.safetensors  cv_summary.json  predictions/  report.html
          /wandb/  mlruns/ (``train.loggers``: W&B's offline runs, MLflow's file store)
@@ -153,6 +154,16 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.root / "predictions"
+
+    @property
+    def pseudo_rows(self) -> Path:
+        """The ``data.pseudo_labels`` rows this run trained on (id, label, weight); never in folds.csv."""
+        return self.root / "pseudo_rows.csv"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        """Where ``aisle pseudo-label`` writes its table by default (a JSON of its settings beside it)."""
+        return self.root / "pseudo_labels" / "pseudo_labels.csv"
 
     @property
     def image_issues(self) -> Path:

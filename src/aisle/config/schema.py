@@ -52,6 +52,8 @@ class DataConfig(_Section):
     seed: int = 42
     rare_classes: Literal["error", "drop", "merge"] = "error"
     rare_class_name: str = "__other__"
+    # a table written by `aisle pseudo-label`: its rows join the TRAINING part of every fold (never validation)
+    pseudo_labels: str | None = None
 
 
 class ImageTowerConfig(_Section):
@@ -267,6 +269,7 @@ class TrainConfig(_Section):
     num_nodes: int = Field(default=1, ge=1)
     # experiment tracking through Lightning's loggers; wandb and mlflow need their extras (aisle[wandb], aisle[mlflow])
     loggers: list[LoggerName] = Field(default_factory=_default_loggers)
+    pseudo_weight: float = Field(default=1.0, gt=0.0)  # loss weight of each data.pseudo_labels row (real rows: 1)
 
     @model_validator(mode="after")
     def _stages_refer_backwards(self) -> TrainConfig:

@@ -8,7 +8,9 @@ from sklearn.model_selection import StratifiedKFold
 
 from aisle.data.labels import apply_rare_class_policy
 
-__all__ = ["assign_folds"]
+__all__ = ["PSEUDO_FOLD", "assign_folds"]
+
+PSEUDO_FOLD = -1  # the fold of pseudo-labelled rows: in every fold's training part, never validated on
 
 
 def assign_folds(

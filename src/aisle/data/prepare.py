@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from aisle.config import DataConfig
-from aisle.data.folds import assign_folds
+from aisle.data.folds import PSEUDO_FOLD, assign_folds
 from aisle.data.labels import LabelMap, apply_rare_class_policy
 from aisle.data.products import Products, load_products, products_from_frame, read_class_folder
+from aisle.data.pseudo import PseudoRows, read_pseudo_rows
 
 __all__ = ["TrainingData", "load_source", "load_training_data"]
 
@@ -27,8 +28,11 @@ class TrainingData:
         products: the rows kept (unlabelled rows and, with ``rare_classes=drop``, rare-class rows removed).
         label_map: the class index, saved with the run.
         y: class index per kept row.
-        folds: fold number per kept row.
+        folds: fold number per kept row; ``PSEUDO_FOLD`` for ``data.pseudo_labels`` rows (after the real rows),
+            which join the training part of every fold and are never validated on.
         dropped_ids: ids of rows left out, with the reason as value.
+        targets: (N, C) soft targets of every row (one-hot for hard labels) when the pseudo-label table has
+            soft targets; None otherwise.
     """
 
     products: Products
@@ -36,6 +40,31 @@ class TrainingData:
     y: np.ndarray
     folds: np.ndarray
     dropped_ids: dict[str, str]
+    targets: np.ndarray | None = None
+
+    @property
+    def pseudo(self) -> np.ndarray:
+        """Which rows are pseudo-labelled (bool mask)."""
+        return self.folds == PSEUDO_FOLD
+
+    @property
+    def fold_ids(self) -> list[int]:
+        """The folds of the real rows."""
+        return sorted(set(self.folds[~self.pseudo].tolist()))
+
+    def with_pseudo(self, rows: PseudoRows) -> TrainingData:
+        """These rows and, after them, the pseudo-labelled ones."""
+        targets = None
+        if rows.targets is not None:
+            targets = np.concatenate([np.eye(len(self.label_map), dtype=np.float32)[self.y], rows.targets])
+        return TrainingData(
+            self.products.join(rows.products),
+            self.label_map,
+            np.concatenate([self.y, rows.y]),
+            np.concatenate([self.folds, np.full(len(rows.y), PSEUDO_FOLD, dtype=self.folds.dtype)]),
+            self.dropped_ids,
+            targets,
+        )
 
 
 def load_source(
@@ -117,4 +146,13 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
     label_map = LabelMap.fit(kept.labels)
     y, _ = label_map.encode(kept.labels)
     folds = assign_folds(kept.labels, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
-    return TrainingData(kept, label_map, y, folds, dropped)
+    td = TrainingData(kept, label_map, y, folds, dropped)
+    if cfg.pseudo_labels is None:
+        return td
+    rows = read_pseudo_rows(cfg.pseudo_labels, cfg, kept.schema, label_map, products.ids)
+    log.info(
+        "data.pseudo_labels: %d pseudo-labelled row(s)%s join the training part of every fold",
+        len(rows.y),
+        " with soft targets" if rows.targets is not None else "",
+    )
+    return td.with_pseudo(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,26 @@ class Products:
         s = pd.Series(self.ids)
         return sorted(set(s[s.duplicated()]))
 
+    def join(self, other: Products) -> Products:
+        """These rows, then ``other``'s (this table's schema; images may come from either's folders)."""
+        labels = None
+        if self.labels is not None or other.labels is not None:
+            labels = np.concatenate(
+                [p.labels if p.labels is not None else np.full(len(p), None, dtype=object) for p in (self, other)]
+            )
+        return Products(
+            ids=np.concatenate([self.ids, other.ids]),
+            texts=np.concatenate([self.texts, other.texts]),
+            labels=labels,
+            image_paths=np.concatenate([self.image_paths, other.image_paths]),
+            schema=self.schema,
+            source=f"{self.source} + {other.source}",
+            roots=tuple(dict.fromkeys((*self.roots, *other.roots))),
+            refused=[*self.refused, *other.refused],
+            class_texts=self.class_texts,
+            frame=None,  # two tables' columns and line numbers do not make one table
+        )
+
     def subset(self, index: np.ndarray) -> Products:
         """Rows ``index`` (positions) as a new ``Products``."""
         kept_ids = set(self.ids[index]) if self.refused else set()
@@ -119,6 +140,7 @@ def products_from_frame(
     image_dir: str | Path | None = None,
     source: str = "table",
     require_label: bool = False,
+    extra_roots: Sequence[Path] = (),
 ) -> Products:
     """Resolve a products DataFrame.
 
@@ -129,6 +151,7 @@ def products_from_frame(
         image_dir: folder with ``<id>.<ext>`` / ``<id>_*.<ext>`` images (used when there is no image column).
         source: a name for messages.
         require_label: raise if there is no label column.
+        extra_roots: more folders images may be read from (besides ``base_dir`` and ``image_dir``).
 
     Raises:
         ValueError: missing/empty ids or columns (the message names the rows or columns).
@@ -141,7 +164,7 @@ def products_from_frame(
     labels = None if schema.label_col is None else _labels(df[schema.label_col])
 
     base = Path(base_dir).resolve()
-    roots: list[Path] = [base]
+    roots: list[Path] = [base, *(Path(r).resolve() for r in extra_roots)]
     refused: list[ImageIssue] = []
     if schema.image_col is not None:
         per_row = []

@@ -118,10 +118,10 @@ def run_cv(
         if lead:
             _write_data_files(rd, td)
             _report_images(cfg, td, rd)
-        chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
-        unknown = sorted(set(chosen) - set(td.folds.tolist()))
+        chosen = folds if folds is not None else (cfg.train.folds or td.fold_ids)
+        unknown = sorted(set(chosen) - set(td.fold_ids))
         if unknown:
-            raise ValueError(f"fold(s) {unknown} do not exist; folds are {sorted(set(td.folds.tolist()))}")
+            raise ValueError(f"fold(s) {unknown} do not exist; folds are {td.fold_ids}")
         L.seed_everything(cfg.train.seed, verbose=False)
         ctx = _context(cfg, td, rd, reuse=(resume or not lead) and has_model_assets(rd.assets))
         summaries = {}
@@ -196,7 +196,11 @@ def _write_data_files(rd: RunDir, td: TrainingData) -> None:
             "image_col": sch.image_col,
         },
     )
-    write_table(pd.DataFrame({"id": td.products.ids, "fold": td.folds}), rd.folds)
+    real, pseudo = ~td.pseudo, td.pseudo
+    write_table(pd.DataFrame({"id": td.products.ids[real], "fold": td.folds[real]}), rd.folds)
+    if pseudo.any():  # they train in every fold and are in no fold: not in folds.csv, oof.csv or any score
+        rows = {"id": td.products.ids[pseudo], "label": td.label_map.decode(td.y[pseudo])}
+        write_table(pd.DataFrame(rows), rd.pseudo_rows)
 
 
 def _report_images(cfg: AisleConfig, td: TrainingData, rd: RunDir) -> None:

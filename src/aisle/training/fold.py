@@ -30,7 +30,7 @@ from aisle.serialization import excluded_prefixes, load_weights, read_json, writ
 from aisle.tables import read_numeric_table, require_finite, write_table
 from aisle.training.callbacks import EpochCheckpoint, ResumeState, epoch_bar, seed_epoch
 from aisle.training.features import frozen_features
-from aisle.training.losses import LOSSES, class_weights
+from aisle.training.losses import LOSSES, RowTargets, class_weights
 from aisle.training.module import ClassifierModule, predict_probs
 from aisle.training.tracking import tracked_fold
 
@@ -99,6 +99,17 @@ class FoldLoaders:
     val: DataLoader
     train_idx: np.ndarray
     val_idx: np.ndarray
+    train_targets: RowTargets | None = None  # when pseudo-labelled rows train
+
+
+def row_targets(td: TrainingData, idx: np.ndarray, pseudo_weight: float) -> RowTargets | None:
+    """Targets and loss weights of rows ``idx`` when pseudo-labelled rows are among them, else None."""
+    pseudo = td.pseudo[idx]
+    if not pseudo.any():
+        return None
+    targets = td.targets[idx] if td.targets is not None else np.eye(len(td.label_map), dtype=np.float32)[td.y[idx]]
+    weights = np.where(pseudo, pseudo_weight, 1.0).astype(np.float32)
+    return RowTargets(torch.from_numpy(np.ascontiguousarray(targets)), torch.from_numpy(weights))
 
 
 def resolve_precision(
@@ -186,7 +197,7 @@ def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
     val = build_loader(
         td.products.subset(va), td.y[va], opts, train=False, precomputed=pre.subset(va, views=1), **inputs
     )
-    return FoldLoaders(train, val, tr, va)
+    return FoldLoaders(train, val, tr, va, row_targets(td, tr, cfg.train.pseudo_weight))
 
 
 def _trainer(
@@ -278,7 +289,9 @@ def train_fold(
     last = _resume_point(fd, fm.model, stage.name, fold)
     offset = int(last["epoch"]) if last else 0
     steps = math.ceil(len(loaders.train) / cfg.train.accumulate_grad_batches) * epochs
-    module = ClassifierModule(fm.model, criterion, cfg.train, stage_lrs(cfg, stage), steps, fm.frozen)
+    module = ClassifierModule(
+        fm.model, criterion, cfg.train, stage_lrs(cfg, stage), steps, fm.frozen, loaders.train_targets
+    )
     t0 = time.perf_counter()
     if epochs > offset:
         callbacks = _callbacks(ctx, fm, fold, fd, loaders, last)

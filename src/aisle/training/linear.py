@@ -72,29 +72,53 @@ def _full(clf: LinearSVC | LogisticRegression, n_classes: int, n_features: int) 
     return coef, intercept
 
 
-def _fit_raw(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int):
+def _fit_raw(
+    x: sp.csr_matrix,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: LinearModelConfig,
+    seed: int,
+    sample_weight: np.ndarray | None = None,
+):
     if len(np.unique(y)) < 2:
         raise ValueError("a linear model needs at least two classes in every fold's training rows")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the model is scored on held-out rows either way
-        clf = _classifier(cfg, seed).fit(x, y)
+        clf = _classifier(cfg, seed).fit(x, y, sample_weight=sample_weight)
     return _full(clf, n_classes, x.shape[1])
 
 
 def _temperature(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int) -> float:
     """The softmax temperature of LinearSVC scores that minimises log-loss on an inner held-out 20%."""
     counts = np.bincount(y, minlength=n_classes)
-    if len(y) < 10 or counts[counts > 0].min() < 2:
+    present = int((counts > 0).sum())
+    held_rows = max(int(np.ceil(0.2 * len(y))), present)  # a stratified split holds at least one row per class
+    if len(y) < 10 or counts[counts > 0].min() < 2 or len(y) - held_rows < present:
         return 1.0
-    inner, held = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=seed).split(np.zeros(len(y)), y))
+    split = StratifiedShuffleSplit(1, test_size=held_rows, random_state=seed)
+    inner, held = next(split.split(np.zeros(len(y)), y))
     coef, intercept = _fit_raw(x[inner], y[inner], n_classes, cfg, seed)
     return fit_logit_scale(np.asarray(x[held] @ coef.T) + intercept, y[held])
 
 
-def fit_linear(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int) -> LinearFit:
-    """Fit ``cfg.classifier`` on TF-IDF rows ``x`` and labels ``y`` (class indices < ``n_classes``)."""
-    t = _temperature(x, y, n_classes, cfg, seed) if cfg.classifier == "svm" else 1.0
-    coef, intercept = _fit_raw(x, y, n_classes, cfg, seed)
+def fit_linear(
+    x: sp.csr_matrix,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: LinearModelConfig,
+    seed: int,
+    pseudo: np.ndarray | None = None,
+    pseudo_weight: float = 1.0,
+) -> LinearFit:
+    """Fit ``cfg.classifier`` on TF-IDF rows ``x`` and labels ``y`` (class indices < ``n_classes``).
+
+    Rows marked ``pseudo`` (pseudo-labelled) train with their hard label and weight ``pseudo_weight``; the
+    LinearSVC temperature is fitted on the real rows only.
+    """
+    real = np.ones(len(y), dtype=bool) if pseudo is None else ~pseudo
+    t = _temperature(x[real], y[real], n_classes, cfg, seed) if cfg.classifier == "svm" else 1.0
+    weight = None if pseudo is None or not pseudo.any() else np.where(pseudo, pseudo_weight, 1.0)
+    coef, intercept = _fit_raw(x, y, n_classes, cfg, seed, weight)
     return LinearFit(coef * t, intercept * t, t)
 
 
@@ -111,7 +135,8 @@ def fit_linear_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResul
         ctx.shared["tfidf"] = tower.transform(ctx.td.products.texts)
     x, td = ctx.shared["tfidf"], ctx.td
     tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
-    fit = fit_linear(x[tr], td.y[tr], len(td.label_map), ctx.cfg.model.linear_model, ctx.cfg.train.seed + fold)
+    lcfg, tcfg = ctx.cfg.model.linear_model, ctx.cfg.train
+    fit = fit_linear(x[tr], td.y[tr], len(td.label_map), lcfg, tcfg.seed + fold, td.pseudo[tr], tcfg.pseudo_weight)
     tower.set_linear(fit.coef, fit.intercept)
     save_weights(model, fd.best)
     opts = LoaderOptions.create(ctx.cfg.data, ctx.cfg.runtime.batch_size_infer, 0, ctx.cfg.train.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import nn
 
 from aisle.registry import Registry
 
-__all__ = ["LOSSES", "class_weights"]
+__all__ = ["LOSSES", "RowTargets", "class_weights"]
 
 LOSSES: Registry = Registry("loss")
 
@@ -61,3 +62,33 @@ class CrossEntropyCriterion(nn.Module):
         if self.aux_weight > 0 and aux:
             loss = loss + self.aux_weight * torch.stack([self._ce(a, y) for a in aux]).mean()
         return loss
+
+    def _soft_ce(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """sum_i s_i * (-sum_c w_c q'_ic log p_ic) / sum_i s_i * (sum_c w_c q_ic): q' the smoothed targets, w the
+        class weights, s the row weights. One-hot targets with row weights 1 give exactly the hard-label loss."""
+        w = None if self.weight is None else self.weight.to(logits.dtype)
+        target, weight = target.to(logits.dtype), weight.to(logits.dtype)
+        per_row = F.cross_entropy(logits, target, weight=w, label_smoothing=self.label_smoothing, reduction="none")
+        norm = weight if w is None else weight * (target @ w)
+        return (weight * per_row).sum() / norm.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+
+    def soft(self, out: dict[str, object], target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The loss against per-row target distributions ``target`` (B, C) with per-row weights ``weight`` (B,)."""
+        loss = self._soft_ce(cast(torch.Tensor, out["logits"]), target, weight)
+        aux = cast("list[torch.Tensor] | None", out.get("aux_logits")) or []
+        if self.aux_weight > 0 and aux:
+            loss = loss + self.aux_weight * torch.stack([self._soft_ce(a, target, weight) for a in aux]).mean()
+        return loss
+
+
+@dataclass(frozen=True)
+class RowTargets:
+    """Target distributions and loss weights of a training loader's rows, looked up by each batch's ``index``
+    (pseudo-labelled rows: soft or one-hot targets, weight ``train.pseudo_weight``; real rows: one-hot, 1)."""
+
+    targets: torch.Tensor  # (N, C)
+    weights: torch.Tensor  # (N,)
+
+    def rows(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        i = index.cpu()
+        return self.targets[i].to(device), self.weights[i].to(device)

@@ -9,6 +9,7 @@ import torch
 from aisle.config import LearningRates, TrainConfig
 from aisle.evaluation.metrics import classification_metrics
 from aisle.models.classifier import ProductClassifier
+from aisle.training.losses import RowTargets
 from aisle.training.optim import build_optimizer, build_schedule
 
 __all__ = ["ClassifierModule"]
@@ -24,6 +25,8 @@ class ClassifierModule(L.LightningModule):
         lrs: learning rates for this stage.
         total_steps: optimizer steps in the whole fit (for the schedule).
         frozen: towers that stay frozen: kept in eval mode (BatchNorm statistics and dropout off).
+        row_targets: per-row target distributions and weights of the training rows (pseudo-labelled rows in
+            them): training steps then use ``criterion.soft``; validation always uses the hard labels.
     """
 
     def __init__(
@@ -34,9 +37,15 @@ class ClassifierModule(L.LightningModule):
         lrs: LearningRates,
         total_steps: int,
         frozen: tuple[str, ...] = (),
+        row_targets: RowTargets | None = None,
     ) -> None:
         super().__init__()
         self.model, self.criterion, self.tcfg, self.lrs = model, criterion, tcfg, lrs
+        self.row_targets = row_targets
+        soft = getattr(criterion, "soft", None)
+        if row_targets is not None and soft is None:
+            raise ValueError(f"the loss {type(criterion).__name__} takes no soft targets: pseudo-labelled rows need ce")
+        self._soft_loss = soft
         self.total_steps, self.frozen = max(1, total_steps), frozen
         self._val_probs: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
@@ -53,7 +62,10 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch)
-        loss = self.criterion(out, batch["label"])
+        if self.row_targets is None or self._soft_loss is None:
+            loss = self.criterion(out, batch["label"])
+        else:
+            loss = self._soft_loss(out, *self.row_targets.rows(batch["index"], batch["label"].device))
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss
 
