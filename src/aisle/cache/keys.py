@@ -58,6 +58,8 @@ def tower_key(tower: nn.Module, extra: dict[str, Any] | None = None) -> str:
         "pooler": getattr(tower, "pooler", None),
         "extra": extra or {},
     }
+    if getattr(tower, "segments", 1) > 1:  # only then: every other tower keeps the keys it had
+        spec["segments"] = tower.segments
     return _h(spec, weights_digest(tower))
 
 

@@ -137,7 +137,7 @@ def create_towers(
         if isinstance(tc, NgramTowerConfig):
             kwargs["embed_dim"] = tc.embed_dim
         else:
-            kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained)
+            kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained, segments=tc.segments)
         if a is not None:
             kwargs["assets_dir"] = a / "text"
         if prefix in ("tiny", "ngram") and a is None:

@@ -53,7 +53,9 @@ class HFTextTower(Tower):
         name: a hub id (``bert-base-multilingual-cased``) or a local folder (``../shared/models/all-MiniLM-L6-v2``).
         pretrained: load the weights (else random init from the model's config).
         pooler: ``cls`` (first token) or ``mean`` (attention-masked mean).
-        max_length: tokens kept per text.
+        max_length: tokens per text (per segment with ``segments`` > 1).
+        segments: read long texts as up to this many consecutive ``max_length`` windows, each encoded and pooled on
+            its own, their features averaged (AutoGluon's ``text_segment_num``); 1: the first window only.
         config: build from this config instead of ``name`` (offline tests); needs ``tokenizer``.
         tokenizer: a tokenizer to use instead of loading one by ``name``.
         assets_dir: rebuild from a saved run's folder (config + tokenizer), weights loaded afterwards.
@@ -70,9 +72,11 @@ class HFTextTower(Tower):
         config: PretrainedConfig | None = None,
         tokenizer: Any = None,
         assets_dir: str | Path | None = None,
+        segments: int = 1,
     ) -> None:
         super().__init__()
-        self.name, self.pooler, self.max_length = name, pooler, max_length
+        self.name, self.pooler, self.max_length, self.segments = name, pooler, max_length, segments
+        self.fixed_length = segments > 1  # segments sit at fixed offsets: batches are never trimmed
         if assets_dir is not None:
             self.model = AutoModel.from_config(AutoConfig.from_pretrained(assets_dir))
             self.tokenizer = AutoTokenizer.from_pretrained(assets_dir)
@@ -96,17 +100,54 @@ class HFTextTower(Tower):
         self.output_dim = int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.segments > 1:
+            return self._tokenize_segments(texts)
         enc = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hidden = out.last_hidden_state  # (B, T, D)
+    def _tokenize_segments(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """(B, segments * max_length): each text's consecutive windows (each with the model's special tokens),
+        padded to full windows; a text with fewer windows has all-padding ones (attention mask 0)."""
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding="max_length",
+            return_overflowing_tokens=True,
+            return_tensors="pt",
+        )
+        b, s, t = len(texts), self.segments, self.max_length
+        ids = torch.full((b, s, t), int(self.pad_id), dtype=enc["input_ids"].dtype)
+        mask = torch.zeros((b, s, t), dtype=enc["attention_mask"].dtype)
+        seen = [0] * b
+        for row, text in enumerate(enc["overflow_to_sample_mapping"].tolist()):
+            if seen[text] < s:
+                ids[text, seen[text]], mask[text, seen[text]] = enc["input_ids"][row], enc["attention_mask"][row]
+                seen[text] += 1
+        return {"input_ids": ids.view(b, s * t), "attention_mask": mask.view(b, s * t)}
+
+    def _pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, D)
         if self.pooler == "cls":
             return hidden[:, 0]
-        return masked_mean(hidden, batch["attention_mask"].bool())  # (B, D)
+        return masked_mean(hidden, mask.bool())  # (B, D)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.segments == 1:
+            return self._pool(batch["input_ids"], batch["attention_mask"])
+        b = batch["input_ids"].shape[0]
+        ids = batch["input_ids"].reshape(b * self.segments, self.max_length)
+        mask = batch["attention_mask"].reshape(b * self.segments, self.max_length)
+        live = mask.any(1)  # windows with text (every text has its first)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            pooled = self._pool(ids, mask)  # a traced graph has no data-dependent shapes: every window runs
+        else:
+            pooled = ids.new_zeros((b * self.segments, self.output_dim), dtype=torch.float32)
+            part = self._pool(ids[live], mask[live])
+            pooled = pooled.to(part.dtype).index_put((live.nonzero().squeeze(1),), part)
+        return masked_mean(pooled.view(b, self.segments, -1), live.view(b, self.segments))  # (B, D)
 
     def blocks(self) -> list[nn.Module]:
         encoder = getattr(self.model, "encoder", None)
@@ -117,7 +158,7 @@ class HFTextTower(Tower):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        return {"pooler": self.pooler, "max_length": self.max_length}
+        return {"pooler": self.pooler, "max_length": self.max_length, "segments": self.segments}
 
 
 @TEXT_TOWERS.register("tiny")
@@ -129,6 +170,7 @@ def tiny_bert_tower(
     texts: Sequence[str] = (),
     hidden_size: int = 32,
     assets_dir: str | Path | None = None,
+    segments: int = 1,
 ) -> HFTextTower:
     """``tiny:bert``: a 2-layer BERT (hidden 32, 4 heads, intermediate 37) with a tokenizer trained on ``texts``.
 
@@ -137,7 +179,9 @@ def tiny_bert_tower(
     if name != "bert":
         raise ValueError(f"unknown tiny text preset {name!r}; valid choices: bert")
     if assets_dir is not None:
-        return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, assets_dir=assets_dir)
+        return HFTextTower(
+            f"tiny:{name}", pooler=pooler, max_length=max_length, assets_dir=assets_dir, segments=segments
+        )
     tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=2000)
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -148,4 +192,6 @@ def tiny_bert_tower(
         max_position_embeddings=max(64, max_length),
         pad_token_id=tokenizer.pad_token_id,
     )
-    return HFTextTower(f"tiny:{name}", pooler=pooler, max_length=max_length, config=config, tokenizer=tokenizer)
+    return HFTextTower(
+        f"tiny:{name}", pooler=pooler, max_length=max_length, config=config, tokenizer=tokenizer, segments=segments
+    )
