@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -45,6 +46,8 @@ def tiny_version(raw: dict, catalogue: Path, tmp_path: Path) -> dict:
             if "max_length" in tower:
                 tower["max_length"] = min(tower["max_length"], 32)
     model["image_size"] = 32
+    if raw.get("infer", {}).get("scales"):  # its own size and one 8 px patch more, as 224 and 256 are for a ViT-L/14
+        raw["infer"]["scales"] = [32, 40]
     raw["data"].update(train_csv=str(catalogue / "train.csv"), test_csv=None, folds=2)
     train = raw.setdefault("train", {})
     train.update(folds=[0], epochs=1, precision="32-true")
@@ -67,6 +70,8 @@ def test_recipes_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_each_recipe_trains_a_fold_with_tiny_towers(path: Path, catalogue: Path, tmp_path: Path) -> None:
+    """Train, then predict the test rows with the recipe's inference settings (TTA, scales, fold averaging)."""
+    from aisle.inference import predict
     from aisle.rundir import DEFAULT_STAGE, RunDir
     from aisle.training import run_cv
 
@@ -78,3 +83,5 @@ def test_each_recipe_trains_a_fold_with_tiny_towers(path: Path, catalogue: Path,
         oof = pd.read_csv(rd.stage_oof(stage), dtype={"id": str})
         assert len(oof) > 0 and oof["fold"].eq(0).all(), stage
     assert rd.summary.is_file()
+    pred = predict(tmp_path / "run", catalogue / "test.csv")
+    assert len(pred.ids) == 4 and np.isfinite(pred.probs).all() and np.allclose(pred.probs.sum(1), 1, atol=1e-4)
