@@ -210,21 +210,24 @@ def test_frozen_tower_features_looked_up_once_per_run(tmp_path, monkeypatch):
     assert sorted(calls) == sorted(["image", "text"] + ["image", "text"] * 2)
 
 
-def _dataset(products, size: int, train: bool, decoded=None):
+def _dataset(products, size: int, train: bool, decoded=None, augment: str = "minimal"):
     from aisle.data.dataset import ImageReading, Precomputed, ProductDataset
     from aisle.data.transforms import build_image_transform
 
     return ProductDataset(
         products,
-        image_transform=build_image_transform(size, train=train),
+        image_transform=build_image_transform(size, train=train, augment=augment),
         reading=ImageReading(placeholder_size=size),
         train=train,
         precomputed=Precomputed(decoded=decoded),
     )
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_decoded_cache_gives_the_uncached_pixels(tmp_path, train):
+# evaluation, and training under every augmentation policy (each is deterministic under a seed)
+@pytest.mark.parametrize(
+    ("train", "augment"), [(False, "minimal"), *((True, a) for a in ("none", "minimal", "standard", "strong"))]
+)
+def test_decoded_cache_gives_the_uncached_pixels(tmp_path, train, augment):
     from aisle.cache.decoded import DecodedImages
 
     cat = tmp_path / "cat"
@@ -235,7 +238,7 @@ def test_decoded_cache_gives_the_uncached_pixels(tmp_path, train):
         Image.fromarray(noise).save(sorted((cat / "images").glob("*.jpg"))[k], quality=90)
     products = _products(cat)
     dec = DecodedImages.build(products, 32, tmp_path / "c")
-    plain, cached = _dataset(products, 32, train), _dataset(products, 32, train, dec)
+    plain, cached = _dataset(products, 32, train, augment=augment), _dataset(products, 32, train, dec, augment)
     for i in range(len(products.ids)):
         torch.manual_seed(i)  # the same random crop and flip for both
         a = plain[i]

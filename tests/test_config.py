@@ -10,7 +10,7 @@ import yaml
 from aisle.config import AisleConfig, ConfigError, apply_overrides, load_config, save_config
 from conftest import REPO_ROOT
 
-CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+CONFIG_FILES = sorted((REPO_ROOT / "configs").rglob("*.yaml"))  # recipes/ too
 
 
 def write_yaml(path: Path, data: object) -> Path:

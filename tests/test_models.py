@@ -275,3 +275,20 @@ def test_a_pretrained_siglip_reads_texts_as_it_was_trained(tmp_path):
     with torch.no_grad():
         expected = model.eval().text_model(input_ids=enc["input_ids"]).pooler_output  # no mask
         assert torch.allclose(text(enc), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", sorted(DUAL_CASES))
+def test_dual_image_view_runs_at_another_size_for_multi_scale_inference(prefix):
+    """A ViT's position embeddings follow the image size (``infer.scales``); at its own size nothing changes."""
+    image = DUAL_ENCODERS.create(prefix, DUAL_CASES[prefix], pretrained=False, texts=TEXTS).image.eval()
+    size = image.preprocess.size
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 1, 3, size + 8, size + 8), dtype=torch.uint8)  # one more patch per side
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    with torch.no_grad():
+        native = image({"image": pixels[..., :size, :size], "image_mask": mask})
+        larger = image({"image": pixels, "image_mask": mask})
+        again = image({"image": pixels[..., :size, :size], "image_mask": mask})
+    assert larger.shape == native.shape == (2, image.output_dim) and torch.isfinite(larger).all()
+    assert not torch.allclose(larger, native)
+    assert torch.equal(native, again)  # the resized embeddings were for that call only

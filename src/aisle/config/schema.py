@@ -17,6 +17,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+# the training augmentation policies; each is built by the registry of the same names in aisle.data.transforms
+AugmentPolicy = Literal["none", "minimal", "standard", "strong"]
+
+
 class DataConfig(_Section):
     """Where the products are and how to read them.
 
@@ -43,6 +47,9 @@ class DataConfig(_Section):
     image_sep: str = ";"
     multi_image: Literal["first", "random", "mean_pool"] = "first"
     max_images: int = Field(default=4, ge=1)
+    # training image augmentation (aisle.data.transforms.AUGMENT_POLICIES); evaluation and TTA never augment
+    augment: AugmentPolicy = "minimal"
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # the random resized crop's area fraction (minimal, standard, strong)
     decoded_cache: bool = False  # decode each image once into a uint8 memory map (large photos), as uncached
     # the largest short side it keeps (larger decoded images are resized down, aspect kept); default 2 x image size
     decoded_size: int | None = Field(default=None, ge=8)
@@ -54,6 +61,16 @@ class DataConfig(_Section):
     rare_class_name: str = "__other__"
     # a table written by `aisle pseudo-label`: its rows join the TRAINING part of every fold (never validation)
     pseudo_labels: str | None = None
+
+    @model_validator(mode="after")
+    def _crop_scale_is_a_range(self) -> DataConfig:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (fractions of the image area), "
+                f"got {list(self.crop_scale)}"
+            )
+        return self
 
 
 class ImageTowerConfig(_Section):

@@ -77,17 +77,21 @@ class LoaderOptions:
         num_workers: loader worker processes (loaders that only read in-memory features use none).
         seed: seed of the loader's own data-order generator.
         reading: how images are chosen and decoded (its ``placeholder_size`` is replaced by the image size).
+        augment: the training augmentation policy (``data.augment``); evaluation loaders never augment.
+        crop_scale: the random resized crop's area range (``data.crop_scale``).
     """
 
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 42
     reading: ImageReading = field(default_factory=ImageReading)
+    augment: str = "minimal"
+    crop_scale: tuple[float, float] = (0.7, 1.0)
 
     @classmethod
     def create(cls, data: DataConfig, batch_size: int, num_workers: int, seed: int = 42) -> LoaderOptions:
         reading = ImageReading(data.multi_image, data.max_images, max_pixels=data.max_image_pixels)
-        return cls(batch_size, num_workers, seed, reading)
+        return cls(batch_size, num_workers, seed, reading, data.augment, data.crop_scale)
 
 
 def build_loader(
@@ -121,7 +125,13 @@ def build_loader(
     if preprocess is not None:
         # uint8 out of the workers (a quarter of the bytes); the image tower normalises on its device
         image_tf = build_image_transform(
-            image_size or preprocess.size, train, preprocess.mean, preprocess.std, normalize=False
+            image_size or preprocess.size,
+            train,
+            preprocess.mean,
+            preprocess.std,
+            crop_scale=opts.crop_scale,
+            normalize=False,
+            augment=opts.augment,
         )
     reading = replace(opts.reading, placeholder_size=image_size or (preprocess.size if preprocess else 224))
     ds = ProductDataset(products, y, image_transform=image_tf, reading=reading, train=train, precomputed=pre)

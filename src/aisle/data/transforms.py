@@ -9,7 +9,10 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from aisle.registry import Registry
+
 __all__ = [
+    "AUGMENT_POLICIES",
     "ImageTransform",
     "RandomResizedCropFlip",
     "TextTransform",
@@ -43,6 +46,44 @@ class RandomResizedCropFlip:
         return t.flip(-1) if self.hflip > 0 and torch.rand(()) < self.hflip else t
 
 
+# Training augmentation policies (``data.augment``): (image_size, crop_scale, hflip) -> ops from a PIL image (or
+# uint8 tensor) to a uint8 tensor (3, size, size). Every random draw comes from torch's RNG, so a seed fixes them.
+AUGMENT_POLICIES: Registry = Registry("augment policy")
+
+
+def _eval_ops(size: int) -> list[Callable]:
+    return [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+
+
+@AUGMENT_POLICIES.register("none")
+def _no_augment(size: int, crop_scale: tuple[float, float], hflip: float) -> list[Callable]:
+    """What evaluation sees: resize the short side, centre crop."""
+    return _eval_ops(size)
+
+
+@AUGMENT_POLICIES.register("minimal")
+def _minimal(size: int, crop_scale: tuple[float, float], hflip: float) -> list[Callable]:
+    """A random resized crop (area fraction in ``crop_scale``) and a horizontal flip: aisle's default."""
+    return [RandomResizedCropFlip(size, crop_scale, hflip)]
+
+
+@AUGMENT_POLICIES.register("standard")
+def _standard(size: int, crop_scale: tuple[float, float], hflip: float) -> list[Callable]:
+    """``minimal`` + colour jitter (brightness, contrast, saturation 0.2; hue 0.02)."""
+    return [*_minimal(size, crop_scale, hflip), v2.ColorJitter(0.2, 0.2, 0.2, 0.02)]
+
+
+@AUGMENT_POLICIES.register("strong")
+def _strong(size: int, crop_scale: tuple[float, float], hflip: float) -> list[Callable]:
+    """``standard`` + Gaussian blur (p 0.2, kernel ~10% of the size, sigma 0.1-2) + JPEG re-encode (p 0.2, q 30-90)."""
+    kernel = max(3, (size // 10) | 1)  # odd, as GaussianBlur needs
+    return [
+        *_standard(size, crop_scale, hflip),
+        v2.RandomApply([v2.GaussianBlur(kernel, (0.1, 2.0))], p=0.2),
+        v2.RandomApply([v2.JPEG((30, 90))], p=0.2),
+    ]
+
+
 def build_image_transform(
     image_size: int,
     train: bool,
@@ -51,17 +92,20 @@ def build_image_transform(
     hflip: float = 0.5,
     crop_scale: tuple[float, float] = (0.7, 1.0),
     normalize: bool = True,
+    augment: str = "minimal",
 ) -> ImageTransform:
     """PIL RGB image (or uint8 tensor) -> normalised float tensor (3, image_size, image_size).
 
-    Training: random resized crop and horizontal flip. Evaluation: resize the short side, centre crop.
-    ``normalize=False`` stops at the uint8 tensor: the loaders use it so that workers ship a quarter of the bytes,
-    and image towers normalise on their own device (``Tower.pixels``).
+    Training: the ``augment`` policy (``AUGMENT_POLICIES``; default: random resized crop and horizontal flip).
+    Evaluation: resize the short side, centre crop. ``normalize=False`` stops at the uint8 tensor: the loaders use
+    it so that workers ship a quarter of the bytes, and image towers normalise on their own device
+    (``Tower.pixels``).
+
+    Raises:
+        ValueError: ``augment`` is not a registered policy (the message lists them).
     """
-    if train:
-        ops: list[Callable] = [RandomResizedCropFlip(image_size, crop_scale, hflip)]
-    else:
-        ops = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    policy = AUGMENT_POLICIES.get(augment)  # checked in evaluation too: a bad name never waits for training
+    ops = policy(image_size, crop_scale, hflip) if train else _eval_ops(image_size)
     if not normalize:
         return ops[0] if len(ops) == 1 else v2.Compose(ops)
     return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

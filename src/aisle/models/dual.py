@@ -45,10 +45,35 @@ class _ImageView(Tower):
         images = self.pixels(batch["image"])  # (B, K, 3, H, W), uint8 or float -> normalised float
         b, k = images.shape[:2]
         flat = images.flatten(0, 1)
-        feats = self.encoder(flat) if self.call == "open_clip" else _pooled(self.encoder(pixel_values=flat))
+        # at another size than the model was trained at (infer.scales, model.image_size), a ViT's position
+        # embeddings are resized to the patch grid
+        if self.call == "open_clip":
+            feats = _open_clip_at_size(self.encoder, flat)
+        else:
+            native = getattr(getattr(self.encoder, "config", None), "image_size", None)
+            other = native is not None and tuple(flat.shape[-2:]) != (native, native)
+            feats = _pooled(self.encoder(pixel_values=flat, **({"interpolate_pos_encoding": True} if other else {})))
         if self.projection is not None:
             feats = self.projection(feats)
         return masked_mean(feats.view(b, k, -1), batch["image_mask"])  # (B, D)
+
+
+def _open_clip_at_size(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """An OpenCLIP ViT on images of another size than its own: its position embeddings resized (bicubic, the class
+    token's kept) to the new patch grid for this call, as Hugging Face's ``interpolate_pos_encoding`` does. Other
+    visual towers (ResNets, timm models) run as they are."""
+    pos = getattr(visual, "positional_embedding", None)
+    stride = getattr(getattr(visual, "conv1", None), "stride", None)
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 2 or stride is None:
+        return visual(images)
+    side = round((pos.shape[0] - 1) ** 0.5)  # the square grid it was trained on
+    grid = (images.shape[-2] // stride[0], images.shape[-1] // stride[1])
+    if grid == (side, side):
+        return visual(images)
+    table = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, W, side, side)
+    table = nn.functional.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    resized = torch.cat([pos[:1], table.permute(0, 2, 3, 1).flatten(0, 2)])  # (grid_h * grid_w + 1, W)
+    return torch.func.functional_call(visual, {"positional_embedding": resized}, (images,))
 
 
 # How a Hugging Face dual encoder's text view feeds its texts and pools a row (see _HFTextView)
