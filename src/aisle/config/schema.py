@@ -80,7 +80,7 @@ class NgramTowerConfig(_Section):
 
 
 class DualTowerConfig(ImageTowerConfig):
-    """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:`` or ``hf-siglip:``."""
+    """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:``, ``hf-siglip:`` or ``hf-blip:``."""
 
     max_length: int = Field(default=128, ge=1)  # tokens per text (capped at the model's context length)
 
