@@ -14,6 +14,7 @@ import pandas as pd
 
 from aisle.config import MODEL_TOWERS, AisleConfig, load_config, save_config
 from aisle.data.dataset import Precomputed
+from aisle.data.folds import fold_numbers
 from aisle.data.image_report import report_image_issues
 from aisle.data.loaders import pretokenize
 from aisle.data.prepare import TrainingData, load_training_data
@@ -118,10 +119,10 @@ def run_cv(
         if lead:
             _write_data_files(rd, td)
             _report_images(cfg, td, rd)
-        chosen = folds if folds is not None else (cfg.train.folds or sorted(set(td.folds.tolist())))
-        unknown = sorted(set(chosen) - set(td.folds.tolist()))
+        chosen = folds if folds is not None else (cfg.train.folds or fold_numbers(td.folds))
+        unknown = sorted(set(chosen) - set(fold_numbers(td.folds)))
         if unknown:
-            raise ValueError(f"fold(s) {unknown} do not exist; folds are {sorted(set(td.folds.tolist()))}")
+            raise ValueError(f"fold(s) {unknown} do not exist; folds are {fold_numbers(td.folds)}")
         L.seed_everything(cfg.train.seed, verbose=False)
         ctx = _context(cfg, td, rd, reuse=(resume or not lead) and has_model_assets(rd.assets))
         summaries = {}
