@@ -384,6 +384,10 @@ def no_hub(monkeypatch) -> list[str]:
             {"type": "dual", "dual": {"name": "open_clip:ViT-B-32/laion2b_s34b_b79k", "pretrained": True}},
             ["model.dual.name", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"],
         ),
+        (
+            {"type": "dual", "dual": {"name": "hf-blip:Salesforce/blip-image-captioning-base"}},
+            ["model.dual.name", "Salesforce/blip-image-captioning-base", "hf-blip:/path/to/folder"],
+        ),
     ],
 )
 def test_a_hub_tower_fails_fast_offline_before_the_run_folder(
@@ -427,6 +431,8 @@ def test_cached_hub_weights_need_no_network(no_hub) -> None:
         ("timm", "hf-hub:someone/weights", True, "someone/weights"),
         ("hf", "sentence-transformers/all-MiniLM-L6-v2", False, "sentence-transformers/all-MiniLM-L6-v2"),
         ("hf-siglip", "tiny", True, None),
+        ("hf-blip", "tiny", True, None),
+        ("hf-blip", "Salesforce/blip-image-captioning-base", True, "Salesforce/blip-image-captioning-base"),
         ("open_clip", "tiny", True, None),
         ("open_clip", "ViT-B-32/laion2b_s34b_b79k", False, None),
         ("ngram", "word1-2", True, None),

@@ -28,6 +28,7 @@ MODELS = {
     "ngram": {"type": "fusion", "image": IMAGE, "text": {"name": "ngram:word1-2,char2-4", "embed_dim": 16}},
     "dual_clip": {"type": "dual", "dual": {"name": "hf-clip:tiny", "pretrained": False}},
     "dual_siglip": {"type": "dual", "dual": {"name": "hf-siglip:tiny", "pretrained": False}},
+    "dual_blip": {"type": "dual", "dual": {"name": "hf-blip:tiny", "pretrained": False}},
 }
 
 

@@ -19,6 +19,7 @@ from aisle.data import (
     load_training_data,
     read_class_folder,
 )
+from aisle.data.folds import TRAIN_ONLY, fold_numbers
 from conftest import labelled_rows, write_csv, write_image
 
 # uneven class sizes so that stratification has to spread remainders
@@ -66,12 +67,21 @@ def test_existing_fold_column_is_used_as_given() -> None:
     np.testing.assert_array_equal(assign_folds(y, 2, 0, frame=frame, fold_col="split"), [0, 1, 0, 1])
 
 
-@pytest.mark.parametrize("bad", ["x", "1.5", "-1", None])
+@pytest.mark.parametrize("bad", ["x", "1.5", "-2", None])
 def test_bad_fold_column_values_are_an_error(bad: object) -> None:
     frame = pd.DataFrame({"fold": ["0", "1", bad, "0"]})
-    expected = r"t\.csv: column 'fold' must hold non-negative integers; bad at CSV lines \[4\]"
+    expected = r"t\.csv: column 'fold' must hold integers >= 0 \(or -1: .*\); bad at CSV lines \[4\]"
     with pytest.raises(ValueError, match=expected):
         assign_folds(np.array(["a", "a", "b", "b"]), 2, 0, frame=frame, source="t.csv")
+
+
+def test_minus_one_in_a_fold_column_is_a_row_never_validated_on() -> None:
+    y = np.array(["a", "a", "b", "b"])
+    folds = assign_folds(y, 2, 0, frame=pd.DataFrame({"fold": ["-1", "0", "-1", "0"]}))
+    np.testing.assert_array_equal(folds, [TRAIN_ONLY, 0, TRAIN_ONLY, 0])
+    assert fold_numbers(folds) == [0]
+    with pytest.raises(ValueError, match="has no fold >= 0"):
+        assign_folds(y, 2, 0, frame=pd.DataFrame({"fold": [-1] * 4}), source="t.csv")
 
 
 def test_rare_class_error_from_assign_folds_names_the_class() -> None:
@@ -153,7 +163,7 @@ def test_load_training_data_honours_fold_column(tmp_path: Path) -> None:
 def test_load_training_data_bad_fold_column(tmp_path: Path) -> None:
     rows = labelled_rows({"a": 3, "b": 3})
     path = write_train_csv(tmp_path, [dict(r, fold=f) for r, f in zip(rows, ["0", "1", "2", "0", "one", "2"])])
-    with pytest.raises(ValueError, match=r"column 'fold' must hold non-negative integers; bad at CSV lines \[6\]"):
+    with pytest.raises(ValueError, match=r"column 'fold' must hold integers >= 0 .*; bad at CSV lines \[6\]"):
         load_training_data(DataConfig(train_csv=str(path), folds=3))
 
 

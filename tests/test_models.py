@@ -40,7 +40,7 @@ def _batch(image_size: int, k: int = 1, tokenize=None) -> dict:
 # Every registry entry gets a tiny offline instance here; a new entry without one fails test_all_entries_covered.
 IMAGE_CASES = {"timm": [("test_resnet", 32), ("test_vit", None)]}
 TEXT_CASES = {"hf": "config", "ngram": "word1-2,char2-4", "tiny": "bert", "tfidf": "word1-2,char2-4"}
-DUAL_CASES = {"hf-clip": "tiny", "hf-siglip": "tiny", "open_clip": "tiny"}
+DUAL_CASES = {"hf-blip": "tiny", "hf-clip": "tiny", "hf-siglip": "tiny", "open_clip": "tiny"}
 
 
 def test_all_entries_covered():
@@ -215,7 +215,7 @@ def test_uint8_pixels_are_normalised_by_the_tower(kind):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("prefix", ["hf-clip", "hf-siglip"])
+@pytest.mark.parametrize("prefix", ["hf-blip", "hf-clip", "hf-siglip"])
 def test_dual_text_view_masks_padding_so_a_text_reads_the_same_in_any_batch(prefix):
     """A dual encoder trained here masks its padding and reads batches trimmed to their longest row: a row's
     features do not depend on the rows beside it, on how far it is padded, or on what the padding holds."""
@@ -292,3 +292,51 @@ def test_dual_image_view_runs_at_another_size_for_multi_scale_inference(prefix):
     assert larger.shape == native.shape == (2, image.output_dim) and torch.isfinite(larger).all()
     assert not torch.allclose(larger, native)
     assert torch.equal(native, again)  # the resized embeddings were for that call only
+
+
+def _tiny_blip_folder(folder, architecture: str = "BlipForConditionalGeneration"):
+    """A tiny BLIP checkpoint saved as the hub has it: weights, config, tokenizer and image processor."""
+    import json
+
+    from transformers import BlipImageProcessor
+
+    from aisle.models.dual import _tiny_hf_dual
+
+    model, tokenizer = _tiny_hf_dual("blip", TEXTS, 16, 32)
+    for part in (model, tokenizer, BlipImageProcessor(size={"height": 32, "width": 32})):
+        part.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["BlipForConditionalGeneration"]
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": [architecture]}))
+    return model.eval(), tokenizer
+
+
+def test_blip_reads_a_captioning_checkpoint_as_two_towers(tmp_path):
+    """``hf-blip:<folder>`` loads the captioner's weights: the image view is its vision model's pooled output; the
+    text view its decoder on the text alone (causal, [DEC] first, no image) averaged over the real tokens."""
+    model, tokenizer = _tiny_blip_folder(tmp_path)
+    model.config.text_config.bos_token_id = dec = len(tokenizer) - 1  # a [DEC] id the tokenizer never puts first
+    model.config.save_pretrained(tmp_path)
+    dual = DUAL_ENCODERS.create("hf-blip", str(tmp_path), pretrained=True, max_length=16)
+    image, text = dual.image.eval(), dual.text.eval()
+    assert image.preprocess.size == 32 and image.output_dim == text.output_dim == 32
+    texts = ["silk satin", "soft wool knit cushion"]
+    enc = text.tokenize(texts)
+    assert (enc["input_ids"][:, 0] == dec).all(), "every text starts with the decoder's [DEC]"
+    pixels = torch.randn(2, 3, 32, 32)
+    ref_ids = tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = ref_ids["input_ids"].clone(), ref_ids["attention_mask"]
+    ids[:, 0] = dec
+    with torch.no_grad():
+        states = model.text_decoder.bert(input_ids=ids, attention_mask=mask, is_decoder=True).last_hidden_state
+        expected = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        assert torch.allclose(text(enc), expected, atol=1e-5)
+        got = image({"image": pixels[:, None], "image_mask": torch.ones(2, 1, dtype=torch.bool)})
+        assert torch.allclose(got, model.vision_model(pixel_values=pixels).pooler_output, atol=1e-5)
+    assert not any("crossattention" in n for n, _ in text.named_parameters()), "a text-only view"
+
+
+def test_blip_refuses_a_checkpoint_without_the_captioning_decoder(tmp_path):
+    _tiny_blip_folder(tmp_path, architecture="BlipForImageTextRetrieval")
+    with pytest.raises(ValueError, match="BlipForImageTextRetrieval checkpoint.*BlipForConditionalGeneration"):
+        DUAL_ENCODERS.create("hf-blip", str(tmp_path), pretrained=True, max_length=16)

@@ -29,6 +29,8 @@ class DataConfig(_Section):
     """
 
     train_csv: str | None = None
+    # a fixed split: a validation table (train_csv's columns) trained as one fold; sets data.folds to 1
+    val_csv: str | None = None
     test_csv: str | None = None
     sep: str | None = None  # the tables' delimiter; default: sniffed among , ; TAB | (TAB for .tsv)
     encoding: str = "utf-8"  # the tables' text encoding, e.g. latin-1 or cp1252
@@ -54,7 +56,7 @@ class DataConfig(_Section):
     # the largest short side it keeps (larger decoded images are resized down, aspect kept); default 2 x image size
     decoded_size: int | None = Field(default=None, ge=8)
     max_image_pixels: int = Field(default=89_478_485, ge=1)  # PIL's default decompression-bomb limit
-    folds: int = Field(default=5, ge=2)
+    folds: int = Field(default=5, ge=1)  # K-fold; 1 only with val_csv (a fixed split), which sets it
     fold_col: str = "fold"
     seed: int = 42
     rare_classes: Literal["error", "drop", "merge"] = "error"
@@ -69,6 +71,29 @@ class DataConfig(_Section):
             raise ValueError(
                 f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (fractions of the image area), "
                 f"got {list(self.crop_scale)}"
+            )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_split_is_one_fold(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("val_csv") is not None and "folds" not in raw:
+            return {**raw, "folds": 1}
+        return raw
+
+    @model_validator(mode="after")
+    def _folds_match_the_split(self) -> DataConfig:
+        if self.val_csv is not None and self.class_folder is not None:
+            raise ValueError("data.val_csv is a table with data.train_csv's columns: use it with data.train_csv")
+        if self.val_csv is not None and self.folds != 1:
+            raise ValueError(
+                f"data.folds={self.folds} and data.val_csv: a fixed split is one fold (the val_csv rows); "
+                f"leave data.folds out (it becomes 1) or drop data.val_csv for K-fold"
+            )
+        if self.val_csv is None and self.folds < 2:
+            raise ValueError(
+                f"data.folds={self.folds}: K-fold needs at least 2 folds; for one fixed train/validation split "
+                f"set data.val_csv (a validation table)"
             )
         return self
 
@@ -101,7 +126,7 @@ class NgramTowerConfig(_Section):
 
 
 class DualTowerConfig(ImageTowerConfig):
-    """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:`` or ``hf-siglip:``."""
+    """A dual encoder (image + text views of one model): ``open_clip:``, ``hf-clip:``, ``hf-siglip:``, ``hf-blip:``."""
 
     max_length: int = Field(default=128, ge=1)  # tokens per text (capped at the model's context length)
 

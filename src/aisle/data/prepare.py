@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from aisle.config import DataConfig
-from aisle.data.folds import PSEUDO_FOLD, assign_folds
+from aisle.data.fixed_split import with_validation_table
+from aisle.data.folds import PSEUDO_FOLD, assign_folds, fold_numbers
 from aisle.data.labels import LabelMap, apply_rare_class_policy
 from aisle.data.products import Products, load_products, products_from_frame, read_class_folder
 from aisle.data.pseudo import PseudoRows, read_pseudo_rows
@@ -49,8 +50,8 @@ class TrainingData:
 
     @property
     def fold_ids(self) -> list[int]:
-        """The folds of the real rows."""
-        return sorted(set(self.folds[~self.pseudo].tolist()))
+        """The folds the run trains (rows of a fixed split's training table and pseudo-labelled rows are in none)."""
+        return fold_numbers(self.folds)
 
     def with_pseudo(self, rows: PseudoRows) -> TrainingData:
         """These rows and, after them, the pseudo-labelled ones."""
@@ -70,7 +71,8 @@ class TrainingData:
 def load_source(
     cfg: DataConfig, require_label: bool = True, frame: pd.DataFrame | None = None, base_dir: str | Path = "."
 ) -> Products:
-    """The training products: ``frame`` if given, else ``data.train_csv`` or a ``data.class_folder`` tree.
+    """The training products: ``frame`` if given, else ``data.train_csv`` or a ``data.class_folder`` tree; followed
+    by ``data.val_csv``'s rows when it is set (a fixed split: see :func:`with_validation_table`).
 
     Args:
         cfg: data settings.
@@ -81,6 +83,13 @@ def load_source(
     Raises:
         ValueError: neither or both sources are set.
     """
+    products = _load_train_source(cfg, require_label, frame, base_dir)
+    return with_validation_table(products, cfg) if cfg.val_csv is not None else products
+
+
+def _load_train_source(
+    cfg: DataConfig, require_label: bool, frame: pd.DataFrame | None, base_dir: str | Path
+) -> Products:
     if frame is not None:
         root = Path(cfg.data_root or base_dir)
         image_dir = cfg.image_dir or (root / "images" if (root / "images").is_dir() else None)

@@ -1,4 +1,4 @@
-"""Dual encoders: one pretrained image+text model (OpenCLIP, HF CLIP, SigLIP) split into two towers.
+"""Dual encoders: one pretrained image+text model (OpenCLIP, HF CLIP, SigLIP, BLIP) split into two towers.
 
 Each dual encoder is built into an image tower and a text tower that own disjoint parameters, so the
 classifier, the per-module learning rates and freezing treat them like any other pair of towers.
@@ -14,7 +14,16 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoProcessor, AutoTokenizer, CLIPConfig, SiglipConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BlipConfig,
+    CLIPConfig,
+    SiglipConfig,
+)
 
 from aisle.models.base import ImagePreprocess, Tower, masked_mean
 from aisle.models.tokenizer import train_word_tokenizer
@@ -76,8 +85,9 @@ def _open_clip_at_size(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(visual, {"positional_embedding": resized}, (images,))
 
 
-# How a Hugging Face dual encoder's text view feeds its texts and pools a row (see _HFTextView)
-TextReading = Literal["eos", "last_token", "as_trained"]
+# How a Hugging Face dual encoder's text view feeds its texts and pools a row (see _HFTextView; BLIP's
+# "causal_mean" is read by aisle.models.blip's view)
+TextReading = Literal["eos", "last_token", "as_trained", "causal_mean"]
 
 
 class _HFTextView(Tower):
@@ -154,7 +164,8 @@ class DualEncoder(nn.Module):
 
 
 def _tiny_hf_dual(kind: str, texts: Sequence[str], max_length: int, image_size: int | None) -> tuple[Any, Any]:
-    """``hf-clip:tiny`` / ``hf-siglip:tiny``: a 2-layer random model and a word tokenizer fitted on ``texts``."""
+    """``hf-clip:tiny`` / ``hf-siglip:tiny`` / ``hf-blip:tiny``: a 2-layer random model and a word tokenizer fitted
+    on ``texts``."""
     tokenizer = train_word_tokenizer(list(texts) or ["empty"], vocab_size=1000)
     common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
     tcfg = dict(
@@ -166,12 +177,21 @@ def _tiny_hf_dual(kind: str, texts: Sequence[str], max_length: int, image_size: 
         eos_token_id=tokenizer.sep_token_id,
     )
     vcfg = dict(common, image_size=image_size or 32, patch_size=8)
-    config = (
-        CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
-        if kind == "clip"
-        else SiglipConfig(text_config=tcfg, vision_config=vcfg)
-    )
-    return AutoModel.from_config(config), tokenizer
+    config: Any
+    if kind == "clip":
+        config = CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
+    elif kind == "blip":  # the captioner's decoder: its cross-attention reads the 32-wide image states
+        blip_text = dict(tcfg, encoder_hidden_size=32, sep_token_id=tokenizer.sep_token_id)
+        config = BlipConfig(text_config=blip_text, vision_config=vcfg)
+    else:
+        config = SiglipConfig(text_config=tcfg, vision_config=vcfg)
+    return _auto_class(kind).from_config(config), tokenizer
+
+
+def _auto_class(kind: str) -> Any:
+    """The transformers Auto class of a family: BLIP's captioning checkpoint is an image-text-to-text model
+    (``BlipForConditionalGeneration``: vision model + text decoder); CLIP and SigLIP are ``AutoModel``."""
+    return AutoModelForImageTextToText if kind == "blip" else AutoModel
 
 
 def _load_hf_dual(
@@ -184,9 +204,10 @@ def _load_hf_dual(
     image_size: int | None,
 ) -> tuple[Any, Any, ImagePreprocess]:
     """The model, its tokenizer and its image preprocessing: from a run's assets, the tiny preset or the hub."""
+    auto = _auto_class(kind)
     if assets_dir is not None:
         config = AutoConfig.from_pretrained(assets_dir)
-        model, tokenizer = AutoModel.from_config(config), AutoTokenizer.from_pretrained(assets_dir)
+        model, tokenizer = auto.from_config(config), AutoTokenizer.from_pretrained(assets_dir)
         meta = json.loads((Path(assets_dir) / "aisle_image_preprocess.json").read_text())
         return (
             model,
@@ -196,7 +217,7 @@ def _load_hf_dual(
     if name == TINY_PRESET:
         model, tokenizer = _tiny_hf_dual(kind, texts, max_length, image_size)
         return model, tokenizer, ImagePreprocess(image_size or 32, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(name))
+    model = auto.from_pretrained(name) if pretrained else auto.from_config(AutoConfig.from_pretrained(name))
     processor = AutoProcessor.from_pretrained(name)
     ip = processor.image_processor
     size = ip.size.get("shortest_edge") or ip.size.get("height")
@@ -227,12 +248,18 @@ def _hf_dual(
         reading,
     )
 
+    return DualEncoder(image, text, {"max_length": max_length}, _hf_assets(cfg, tokenizer, preprocess))
+
+
+def _hf_assets(cfg: Any, tokenizer: Any, preprocess: ImagePreprocess) -> Callable[[Path], None]:
+    """What rebuilds a Hugging Face dual encoder offline (:func:`_load_hf_dual` with ``assets_dir``)."""
+
     def assets(folder: Path) -> None:
         cfg.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / "aisle_image_preprocess.json").write_text(json.dumps(preprocess.to_dict()))
 
-    return DualEncoder(image, text, {"max_length": max_length}, assets)
+    return assets
 
 
 def _text_reading(kind: str, name: str, pretrained: bool) -> TextReading:
@@ -243,8 +270,15 @@ def _text_reading(kind: str, name: str, pretrained: bool) -> TextReading:
     return "as_trained" if pretrained and name != TINY_PRESET else "last_token"
 
 
-def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc: str) -> Callable[..., DualEncoder]:
-    """The registry entry of one Hugging Face dual-encoder family (``max_context`` caps ``max_length``)."""
+# builds the two towers of a loaded Hugging Face model: (model, tokenizer, preprocess, max_length, name, pretrained)
+HFDualBuild = Callable[[Any, Any, ImagePreprocess, int, str, bool], DualEncoder]
+
+
+def _hf_dual_entry(
+    kind: str, default_length: int, max_context: int | None, doc: str, build: HFDualBuild | None = None
+) -> Callable[..., DualEncoder]:
+    """The registry entry of one Hugging Face dual-encoder family (``max_context`` caps ``max_length``; ``build``
+    splits the loaded model into towers, default: CLIP / SigLIP's vision and text models and projections)."""
 
     def create(
         name: str,
@@ -256,6 +290,8 @@ def _hf_dual_entry(kind: str, default_length: int, max_context: int | None, doc:
     ) -> DualEncoder:
         length = min(max_length, max_context) if max_context else max_length
         model, tokenizer, preprocess = _load_hf_dual(kind, name, pretrained, length, texts, assets_dir, image_size)
+        if build is not None:
+            return build(model, tokenizer, preprocess, length, name, pretrained)
         return _hf_dual(model, tokenizer, preprocess, length, _text_reading(kind, name, pretrained))
 
     create.__doc__ = doc

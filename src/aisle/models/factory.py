@@ -12,6 +12,7 @@ from torch import nn
 
 from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
+from aisle.models.blip import hf_blip  # noqa: F401  (registers hf-blip:)
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.hub import hub_source, require_hub_weights

@@ -94,7 +94,7 @@ def hub_source(prefix: str, model: str, pretrained: bool) -> HubSource | None:
         return _timm_source(model, pretrained)
     if prefix == "open_clip":
         return _open_clip_source(model, pretrained)
-    if prefix in ("hf", "hf-clip", "hf-siglip"):
+    if prefix in ("hf", "hf-clip", "hf-siglip", "hf-blip"):
         return _transformers_source(model)
     return None  # tiny:, ngram:, tfidf: are built here
 

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from aisle.data.folds import TRAIN_ONLY
 from aisle.data.labels import LabelMap
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
 from aisle.evaluation.metrics import classification_metrics
@@ -143,7 +144,7 @@ def _significant(gain: np.ndarray, z: float = 3.0) -> bool:
 
 
 def read_member(run: str | Path, name: str | None = None) -> Member:
-    """A finished run's out-of-fold probabilities (every training row, from its final stage).
+    """A finished run's out-of-fold probabilities (every row a fold validated on, from its final stage).
 
     Raises:
         FileNotFoundError: not a finished run.
@@ -153,6 +154,7 @@ def read_member(run: str | Path, name: str | None = None) -> Member:
     stage = read_json(rd.summary)["stage"]
     oof = read_numeric_table(rd.stage_oof(stage))
     folds = read_numeric_table(rd.folds)
+    folds = folds[folds["fold"] != TRAIN_ONLY]  # rows only trained on (a fixed split's training table): no OOF
     if len(oof) != len(folds):
         raise ValueError(
             f"{rd.root}: out-of-fold predictions for {len(oof)} of {len(folds)} rows; an ensemble "
