@@ -182,7 +182,9 @@ def _tiny_hf_dual(kind: str, texts: Sequence[str], max_length: int, image_size: 
         config = CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=24)
     elif kind == "blip":  # the captioner's decoder: its cross-attention reads the 32-wide image states
         blip_text = dict(tcfg, encoder_hidden_size=32, sep_token_id=tokenizer.sep_token_id)
-        config = BlipConfig(text_config=blip_text, vision_config=vcfg)
+        # BlipVisionConfig's own initializer_range is 1e-10 (real checkpoints overwrite it): every random weight
+        # would be ~0 and every image's features the same
+        config = BlipConfig(text_config=blip_text, vision_config=dict(vcfg, initializer_range=0.02))
     else:
         config = SiglipConfig(text_config=tcfg, vision_config=vcfg)
     return _auto_class(kind).from_config(config), tokenizer
