@@ -52,6 +52,14 @@ class DataConfig(_Section):
     seed: int = 42
     rare_classes: Literal["error", "drop", "merge"] = "error"
     rare_class_name: str = "__other__"
+    # class texts (model.head class_text, train.loss clip): a JSON {class: description} or {class: [texts...]}
+    class_texts: str | None = None
+    # each class's texts: every template x description, averaged (CLIP's prompt ensembling); a class without a
+    # description fills {description} with its name
+    class_text_templates: list[str] = Field(default_factory=lambda: ["{description}"], min_length=1)
+    allow_extra_class_texts: bool = False  # a class_texts entry for a class the data lacks: a warning, not an error
+    # few-shot: keep K training rows per class in each fold (stratified, data.seed); validation rows stay whole
+    shots_per_class: int | None = Field(default=None, ge=1)
 
 
 class ImageTowerConfig(_Section):
@@ -139,7 +147,9 @@ class ModelConfig(_Section):
     """The model: which towers (``type``), their settings, and the head that combines them.
 
     Only the tower sections of ``type`` may be set (``image``; ``text``; ``image`` + ``text`` for fusion;
-    ``dual``), and ``fusion`` only for models with two towers (fusion, dual).
+    ``dual``), and ``fusion`` only for models with two towers (fusion, dual). ``head: class_text`` scores products
+    against their classes' texts (``data.class_texts``), encoded by the model's text tower, or by
+    ``class_text_tower`` for an image model.
     """
 
     type: Literal["image", "text", "fusion", "dual", "linear"] = "fusion"
@@ -155,6 +165,26 @@ class ModelConfig(_Section):
     missing_image_embedding: bool = True
     aux_loss_weight: float = Field(default=0.0, ge=0.0)  # per-tower auxiliary loss for ``late`` fusion
     image_size: int | None = Field(default=None, ge=8)  # None: the tower's own preprocessing
+    head: Literal["mlp", "class_text"] = "mlp"  # mlp: the fusion's MLP (head_hidden 0: linear); class_text: cos/T
+    embed_dim: int = Field(default=512, ge=1)  # class_text head: the joint space products and class texts meet in
+    temperature: float = Field(default=0.07, gt=0.0)  # class_text head: logits = cos / temperature (scale <= 100)
+    learn_temperature: bool = False  # class_text head: the temperature trains (CLIP's learned logit scale)
+    class_text_tower: TextTowerConfig | None = None  # class_text head of an image model: encodes the class texts
+
+    @model_validator(mode="after")
+    def _class_text_head(self) -> ModelConfig:
+        if self.class_text_tower is not None and (self.type != "image" or self.head != "class_text"):
+            raise ValueError(
+                "model.class_text_tower encodes class texts for model.head class_text of an image model (type image); "
+                f"this model (type {self.type!r}, head {self.head!r}) has no use for it: remove it"
+            )
+        if self.head == "class_text" and self.type == "linear":
+            raise ValueError("model.head class_text needs a neural model: model.type linear has no head to change")
+        if self.head == "class_text" and self.type == "image" and self.class_text_tower is None:
+            raise ValueError(
+                "model.head class_text of an image model needs model.class_text_tower.name (e.g. tiny:bert)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _towers_of_type(self) -> ModelConfig:
@@ -206,12 +236,18 @@ class ModelConfig(_Section):
         return self.fusion or "concat"
 
     def towers(self) -> dict[str, TowerConfig]:
-        """Model attribute (``image_encoder`` / ``text_encoder``) -> the config of the tower it builds."""
-        return {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+        """Model attribute (``image_encoder`` / ``text_encoder`` / ``class_text_encoder``) -> its tower's config."""
+        found = {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+        if self.class_text_tower is not None:
+            found["class_text_encoder"] = self.class_text_tower
+        return found
 
     def tower_names(self) -> dict[str, str | None]:
-        """Config section -> tower name, for the sections this model type has."""
-        return {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+        """Config section -> tower name, for the sections this model has (``class_text_tower`` included)."""
+        names = {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+        if self.class_text_tower is not None:
+            names["class_text_tower"] = self.class_text_tower.name
+        return names
 
 
 class LearningRates(_Section):
@@ -230,6 +266,7 @@ class StageConfig(_Section):
     freeze_encoders: bool = False
     lr: LearningRates | None = None
     init_from: str | None = None  # name of an earlier stage: each fold starts from its best checkpoint
+    loss: Literal["ce", "clip"] | None = None  # default: train.loss
 
 
 def _default_cache_views() -> list[Literal["orig", "hflip"]]:
@@ -255,6 +292,8 @@ class TrainConfig(_Section):
     accumulate_grad_batches: int = Field(default=1, ge=1)
     gradient_clip_val: float | None = Field(default=1.0, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # ce: cross-entropy on the logits; clip: symmetric product<->class-text InfoNCE over the batch (head class_text)
+    loss: Literal["ce", "clip"] = "ce"
     class_weights: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"] = "none"
     class_weight_smoothing: float = Field(default=0.0, ge=0.0, le=1.0)
     weighted_sampling: bool = False
@@ -323,8 +362,8 @@ MOVED_KEYS: dict[str, str] = {
     "infer.batch_size": "runtime.batch_size_infer",
 }
 REMOVED_KEYS: dict[str, str] = {
-    "model.contrastive": "it did nothing; training against class texts is not built yet",
-    "data.class_descriptions": "it did nothing; class texts for training are not built yet",
+    "model.contrastive": "it did nothing; train against class texts with model.head class_text (and train.loss clip)",
+    "data.class_descriptions": "it did nothing; class texts are now data.class_texts (model.head class_text)",
 }
 
 
@@ -350,3 +389,12 @@ class AisleConfig(_Section):
         if found:
             raise ValueError("; ".join(found))
         return raw
+
+    @model_validator(mode="after")
+    def _class_texts_used(self) -> AisleConfig:
+        losses = {self.train.loss, *(s.loss for s in self.train.stages if s.loss)}
+        if "clip" in losses and self.model.head != "class_text":
+            raise ValueError("train.loss clip trains against class texts: it needs model.head class_text")
+        if self.model.head != "class_text" and self.data.class_texts:
+            raise ValueError("data.class_texts is read by model.head class_text: set that head or remove the key")
+        return self

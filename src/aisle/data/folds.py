@@ -8,7 +8,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from aisle.data.labels import apply_rare_class_policy
 
-__all__ = ["assign_folds"]
+__all__ = ["assign_folds", "few_shot_rows"]
 
 
 def assign_folds(
@@ -53,3 +53,13 @@ def assign_folds(
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(y)), y)):
         folds[val_idx] = k
     return folds
+
+
+def few_shot_rows(y: np.ndarray, rows: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """At most ``shots`` of ``rows`` per class (``y[rows]``), drawn with ``seed``; returned in row order.
+
+    The same rows, classes and seed always give the same choice (few-shot runs compare across heads and models).
+    """
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(rows[y[rows] == c])[:shots] for c in np.unique(y[rows])]
+    return np.sort(np.concatenate(kept)) if kept else rows[:0]

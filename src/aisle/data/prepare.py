@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aisle.config import DataConfig
-from aisle.data.folds import assign_folds
+from aisle.data.folds import assign_folds, few_shot_rows
 from aisle.data.labels import LabelMap, apply_rare_class_policy
 from aisle.data.products import Products, load_products, products_from_frame, read_class_folder
 
@@ -29,6 +29,8 @@ class TrainingData:
         y: class index per kept row.
         folds: fold number per kept row.
         dropped_ids: ids of rows left out, with the reason as value.
+        shots_per_class: few-shot: each fold trains on at most this many rows per class (None: all).
+        seed: the few-shot draw's seed.
     """
 
     products: Products
@@ -36,6 +38,25 @@ class TrainingData:
     y: np.ndarray
     folds: np.ndarray
     dropped_ids: dict[str, str]
+    shots_per_class: int | None = None
+    seed: int = 42
+
+    def train_rows(self, fold: int) -> np.ndarray:
+        """The rows fold ``fold`` trains on: every other fold's, or (few-shot) ``shots_per_class`` of them per
+        class, drawn with ``seed`` and the fold number. Validation rows (``folds == fold``) are never cut."""
+        rows = np.flatnonzero(self.folds != fold)
+        if self.shots_per_class is None:
+            return rows
+        kept = few_shot_rows(self.y, rows, self.shots_per_class, self.seed + fold)
+        log.info(
+            "fold %d: few-shot, %d training row(s) of %d (at most %d per class, seed %d)",
+            fold,
+            len(kept),
+            len(rows),
+            self.shots_per_class,
+            self.seed + fold,
+        )
+        return kept
 
 
 def load_source(
@@ -117,4 +138,4 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
     label_map = LabelMap.fit(kept.labels)
     y, _ = label_map.encode(kept.labels)
     folds = assign_folds(kept.labels, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
-    return TrainingData(kept, label_map, y, folds, dropped)
+    return TrainingData(kept, label_map, y, folds, dropped, cfg.shots_per_class, cfg.seed)

@@ -110,7 +110,7 @@ def fit_linear_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResul
     if "tfidf" not in ctx.shared:  # the TF-IDF rows of every training product, once per run
         ctx.shared["tfidf"] = tower.transform(ctx.td.products.texts)
     x, td = ctx.shared["tfidf"], ctx.td
-    tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
+    tr, va = td.train_rows(fold), np.flatnonzero(td.folds == fold)
     fit = fit_linear(x[tr], td.y[tr], len(td.label_map), ctx.cfg.model.linear_model, ctx.cfg.train.seed + fold)
     tower.set_linear(fit.coef, fit.intercept)
     save_weights(model, fd.best)

@@ -61,3 +61,26 @@ class CrossEntropyCriterion(nn.Module):
         if self.aux_weight > 0 and aux:
             loss = loss + self.aux_weight * torch.stack([self._ce(a, y) for a in aux]).mean()
         return loss
+
+
+@LOSSES.register("clip")
+class ClipCriterion(nn.Module):
+    """CLIP's symmetric InfoNCE between the batch's products and their classes' texts (``train.loss: clip``).
+
+    Logits are ``logit_scale * product @ class_text.T`` over the batch (B, B), averaged over both directions
+    (product -> text, text -> product). Several items of one class in a batch share one class text, so their pairs
+    are positives, not negatives: each row's target is uniform over the batch's items of its class. Because those
+    items' class texts are one text, this is exactly open_clip's ``ClipLoss`` on the (product, class text) pairs,
+    repeated classes included (a class with n items in the batch has a floor of log n, a constant). Class weights
+    and label smoothing apply to ``ce`` only.
+    """
+
+    def forward(self, out: dict[str, object], y: torch.Tensor) -> torch.Tensor:
+        products = out.get("embeddings")
+        if products is None:
+            raise ValueError("train.loss clip needs the class-text head (model.head class_text)")
+        texts = cast(torch.Tensor, out["class_embeddings"])[y]  # (B, E): each item's class text
+        logits = cast(torch.Tensor, out["logit_scale"]) * cast(torch.Tensor, products) @ texts.T  # (B, B)
+        same = (y[:, None] == y[None, :]).to(logits.dtype)
+        targets = same / same.sum(1, keepdim=True)  # symmetric: same-class rows have equal counts
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
