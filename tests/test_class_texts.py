@@ -211,6 +211,32 @@ def test_a_class_text_model_at_step_zero_predicts_what_zero_shot_predicts():
         assert torch.allclose(logits, zs(batch)["logits"], atol=1e-4)
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_frozen_text_tower_encodes_class_texts_once_a_training_one_every_step(trainable, monkeypatch):
+    from aisle.models.factory import set_trainable
+
+    mcfg = ModelConfig.model_validate(
+        {"type": "text", "text": {"name": "tiny:bert", "max_length": 16}, "head": "class_text", "embed_dim": 40}
+    )
+    model = create_classifier(mcfg, 2, ["red wool", "blue silk"], class_texts=[["red wool"], ["blue silk"]])
+    set_trainable(model.text_encoder, trainable)
+    calls = []
+    encode = model.text_encoder.forward
+    monkeypatch.setattr(model.text_encoder, "forward", lambda b: calls.append(len(b["input_ids"])) or encode(b))
+    batch = model.text_encoder.tokenize(["red wool", "blue silk", "wool"])
+    model.train()
+    model(batch)["logits"].sum().backward()
+    # products are always encoded (3 rows); the 2 class texts only while the tower trains
+    assert calls == ([3, 2] if trainable else [3])
+    emb = model.text_encoder.model.embeddings.word_embeddings.weight
+    assert (emb.grad is not None) == trainable
+    before = model.head.class_features.clone()
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert torch.equal(model.head.class_features, before)  # eval reads the buffer
+
+
 # ---------------------------------------------------------------- few-shot
 
 
