@@ -17,7 +17,6 @@ from aisle.data import (
     assign_folds,
     load_source,
     load_training_data,
-    read_class_folder,
 )
 from aisle.data.folds import TRAIN_ONLY, fold_numbers
 from conftest import labelled_rows, write_csv, write_image
@@ -313,30 +312,17 @@ def class_tree(tmp_path: Path) -> Path:
     return root
 
 
-def test_load_training_data_from_class_folder(class_tree: Path, tmp_path: Path) -> None:
-    desc = tmp_path / "classes.json"
-    desc.write_text(json.dumps({"cats": "a photo of a cat", "dogs": "a photo of a dog"}))
+def test_load_training_data_from_class_folder(class_tree: Path) -> None:
     td = load_training_data(DataConfig(class_folder=str(class_tree), folds=2))
     products = td.products
     assert products.ids.tolist() == ["cats/a", "cats/b", "cats/c", "dogs/a", "dogs/b"]
     assert products.texts.tolist() == ["a tabby", "", "", "", ""]
     assert td.label_map.classes == ("cats", "dogs")
     assert td.y.tolist() == [0, 0, 0, 1, 1]
-    described = read_class_folder(class_tree, DataConfig(), desc)
-    assert described.class_texts == {"cats": "a photo of a cat", "dogs": "a photo of a dog"}
     assert [Path(p[0]).name for p in products.image_paths] == ["a.jpg", "b.png", "c.jpg", "a.jpg", "b.jpg"]
     assert all(Path(p[0]).is_file() for p in products.image_paths)
     for cls in (0, 1):
         assert sorted(set(td.folds[td.y == cls])) == [0, 1]
-
-
-def test_class_folder_descriptions_errors(class_tree: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"cats": 3}))
-    with pytest.raises(ValueError, match="must be a JSON object"):
-        read_class_folder(class_tree, DataConfig(), bad)
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        read_class_folder(class_tree, DataConfig(), tmp_path / "nope.json")
 
 
 def test_load_source_needs_exactly_one_source(class_tree: Path, tmp_path: Path) -> None:

@@ -112,7 +112,16 @@ def test_fusion_classifier_contract_and_frozen_towers(fusion):
     model = ProductClassifier(image, text, num_classes=5, fusion=fusion, fusion_dim=24, head_hidden=16)
     set_trainable(model.image_encoder, False)
     out = model(_batch(32, k=2, tokenize=text.tokenize))
-    assert set(out) == {"logits", "image_features", "text_features", "aux_logits"}
+    assert set(out) == {
+        "logits",
+        "image_features",
+        "text_features",
+        "aux_logits",
+        "embeddings",
+        "class_embeddings",
+        "logit_scale",
+    }
+    assert out["embeddings"] is None and out["class_embeddings"] is None and out["logit_scale"] is None
     assert out["logits"].shape == (B, 5) and torch.isfinite(out["logits"]).all()
     assert out["image_features"].shape == (B, image.output_dim)
     assert out["text_features"].shape == (B, text.output_dim)
@@ -147,8 +156,12 @@ def test_train_last_n_blocks():
     assert not any(p.requires_grad for p in tower.model.embeddings.parameters())
 
 
+CLASS_TEXTS = [["soft wool"], ["silk", "satin sheen"], ["merino"], ["a weave of {x}"]]
+
+
+@pytest.mark.parametrize("head", ["mlp", "class_text"])
 @pytest.mark.parametrize("mtype", ["image", "text", "fusion", "dual"])
-def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
+def test_create_classifier_rebuilds_from_assets(mtype, head, tmp_path):
     from aisle.models import save_model_assets
     from aisle.serialization import load_weights, save_weights
 
@@ -164,9 +177,12 @@ def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
             "fusion_dim": 16,
             "head_hidden": 16,
             **{k: v for k, v in sections.items() if k in MODEL_TOWERS[mtype].values()},
+            "head": head,
+            "embed_dim": 20,
+            **({"class_text_tower": sections["text"]} if head == "class_text" and mtype == "image" else {}),
         }
     )
-    model = create_classifier(mcfg, 4, TEXTS).eval()
+    model = create_classifier(mcfg, 4, TEXTS, class_texts=CLASS_TEXTS if head == "class_text" else None).eval()
     save_model_assets(model, mcfg, tmp_path / "assets")
     save_weights(model, tmp_path / "w.safetensors")
     again = load_weights(create_classifier(mcfg, 4, assets=tmp_path / "assets"), tmp_path / "w.safetensors").eval()
@@ -174,6 +190,12 @@ def test_create_classifier_rebuilds_from_assets(mtype, tmp_path):
     batch = _batch(32, tokenize=tok)
     with torch.no_grad():
         assert torch.allclose(model(batch)["logits"], again(batch)["logits"], atol=1e-5)
+    if head == "class_text":  # the class texts travel with the assets: re-encoding them gives the saved buffer
+        assert again.class_texts == CLASS_TEXTS
+        saved = again.head.class_features.clone()
+        assert torch.allclose(saved.norm(dim=-1), torch.ones(4))  # encoded (unit rows), not the zeros it starts as
+        again.refresh_class_texts()
+        assert torch.allclose(again.head.class_features, saved, atol=1e-5)
 
 
 def test_registry_errors():

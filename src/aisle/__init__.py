@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "save_config": "aisle.config",
     "write_outputs": "aisle.inference.predict",
     "write_report": "aisle.evaluation.report",
+    "zero_shot": "aisle.api",
 }
 
 __all__ = [
@@ -47,10 +48,11 @@ __all__ = [
     "save_config",
     "write_outputs",
     "write_report",
+    "zero_shot",
 ]
 
 if TYPE_CHECKING:
-    from aisle.api import Classifier
+    from aisle.api import Classifier, zero_shot
     from aisle.config import AisleConfig, ConfigError, load_config, save_config
     from aisle.evaluation.check import run_check
     from aisle.evaluation.compare import compare_runs

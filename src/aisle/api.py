@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from aisle.progress import show_progress, step
 from aisle.rundir import RunDir
 from aisle.training.cv import run_cv
 
-__all__ = ["FAST_ROWS", "Classifier"]
+__all__ = ["FAST_ROWS", "Classifier", "zero_shot"]
 
 FAST_ROWS = 256  # inputs up to this size run on the models held in memory; larger ones through the batch path
 
@@ -203,3 +204,36 @@ class Classifier:
         if backend != "torch":
             clf._predictor()  # a missing export fails here, not at the first prediction
         return clf
+
+
+def zero_shot(
+    data: pd.DataFrame | str | Path,
+    model: str,
+    classes: str | Path | list[str] | dict[str, str | list[str]],
+    templates: list[str] | None = None,
+    modality: Literal["image", "text", "both"] | None = None,
+    temperature: float = 0.07,
+    image_dir: str | Path | None = None,
+    data_root: str | Path = ".",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Zero-shot class probabilities for every row of ``data`` (a DataFrame: its index; a table: one row each, in
+    order), by similarity to class texts, no training (the CLI's ``aisle zero-shot``).
+
+    Example:
+        >>> proba = zero_shot(df, "hf:../shared/models/all-MiniLM-L6-v2", {"shoes": "footwear", "bags": "handbags"},
+        ...                   templates=["a product photo of {description}"])
+
+    Args:
+        model: a dual encoder (``open_clip:``, ``hf-clip:``, ``hf-siglip:``) or a text tower (``hf:``, ``tiny:``).
+        classes: a JSON path, a list of class names, or ``{class: description(s)}``.
+        data_root: relative image paths of a DataFrame start here.
+    """
+    from aisle.config import DataConfig
+    from aisle.inference.zero_shot import zero_shot as run_zero_shot
+
+    cfg = DataConfig(data_root=str(data_root))
+    with show_progress("tqdm" if progress else None), quiet_libraries(), step("zero-shot", None) as advance:
+        pred = run_zero_shot(model, classes, data, templates, modality, temperature, cfg, image_dir, progress=advance)
+    index = data.index if isinstance(data, pd.DataFrame) else pd.RangeIndex(len(pred.ids))
+    return pd.DataFrame(pred.probs, columns=list(pred.label_map.classes), index=index)

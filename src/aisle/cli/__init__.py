@@ -361,10 +361,12 @@ def demo_data(
 from aisle.cli._export import export  # noqa: E402  (registered here: the modules need none of the above)
 from aisle.cli._pseudo import pseudo_label_command  # noqa: E402
 from aisle.cli._serve import serve  # noqa: E402
+from aisle.cli._zero_shot import zero_shot  # noqa: E402
 
 app.command()(serve)
 app.command()(export)
 app.command("pseudo-label")(pseudo_label_command)
+app.command("zero-shot")(zero_shot)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,14 +5,13 @@ choices fail at load time with :class:`ConfigError`, naming the key, the bad val
 The schema is in :mod:`aisle.config.schema`, loading and error messages in :mod:`aisle.config.loading`.
 """
 
+from aisle.config.data_schema import ConfigError, DataConfig
 from aisle.config.loading import apply_overrides, config_to_dict, load_config, save_config, validate_config
 from aisle.config.schema import (
     MODEL_TOWERS,
     MOVED_KEYS,
     REMOVED_KEYS,
     AisleConfig,
-    ConfigError,
-    DataConfig,
     DualTowerConfig,
     ImageTowerConfig,
     InferConfig,

@@ -11,7 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from aisle.config.schema import _TEXT_TAGS, AisleConfig, ConfigError
+from aisle.config.data_schema import ConfigError
+from aisle.config.schema import _TEXT_TAGS, AisleConfig
 
 __all__ = ["apply_overrides", "config_to_dict", "load_config", "save_config", "validate_config"]
 

@@ -4,98 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
+
+from aisle.config.data_schema import DataConfig, _Section
 
 # the public names are re-exported (with __all__) by aisle.config
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or not one of the valid choices."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
-
-
-# the training augmentation policies; each is built by the registry of the same names in aisle.data.transforms
-AugmentPolicy = Literal["none", "minimal", "standard", "strong"]
-
-
-class DataConfig(_Section):
-    """Where the products are and how to read them.
-
-    Columns left as ``None`` are inferred: id = ``id``; label = ``categories``, else ``label``;
-    text = ``title`` + ``description``, else ``text``; image column = ``image``/``image_path``/``images``.
-    """
-
-    train_csv: str | None = None
-    # a fixed split: a validation table (train_csv's columns) trained as one fold; sets data.folds to 1
-    val_csv: str | None = None
-    test_csv: str | None = None
-    sep: str | None = None  # the tables' delimiter; default: sniffed among , ; TAB | (TAB for .tsv)
-    encoding: str = "utf-8"  # the tables' text encoding, e.g. latin-1 or cp1252
-    image_dir: str | None = None  # default: an ``images/`` folder beside the CSV, if there is one
-    # relative image-column paths start here; nothing outside it (or image_dir) is read. Default: the table's folder
-    data_root: str | None = None
-    class_folder: str | None = None  # folder-per-class layout root: <root>/<class>/*.jpg
-    id_col: str | None = None
-    label_col: str | None = None
-    text_cols: list[str] | None = None
-    text_prefixes: dict[str, str] = Field(default_factory=dict)
-    # structured columns (colour, gender, brand, ...) added to every text model's input as "name: value"
-    attribute_cols: list[str] | None = None
-    text_sep: str = ". "
-    image_col: str | None = None
-    image_sep: str = ";"
-    multi_image: Literal["first", "random", "mean_pool"] = "first"
-    max_images: int = Field(default=4, ge=1)
-    # training image augmentation (aisle.data.transforms.AUGMENT_POLICIES); evaluation and TTA never augment
-    augment: AugmentPolicy = "minimal"
-    crop_scale: tuple[float, float] = (0.7, 1.0)  # the random resized crop's area fraction (minimal, standard, strong)
-    decoded_cache: bool = False  # decode each image once into a uint8 memory map (large photos), as uncached
-    # the largest short side it keeps (larger decoded images are resized down, aspect kept); default 2 x image size
-    decoded_size: int | None = Field(default=None, ge=8)
-    max_image_pixels: int = Field(default=89_478_485, ge=1)  # PIL's default decompression-bomb limit
-    folds: int = Field(default=5, ge=1)  # K-fold; 1 only with val_csv (a fixed split), which sets it
-    fold_col: str = "fold"
-    seed: int = 42
-    rare_classes: Literal["error", "drop", "merge"] = "error"
-    rare_class_name: str = "__other__"
-    # a table written by `aisle pseudo-label`: its rows join the TRAINING part of every fold (never validation)
-    pseudo_labels: str | None = None
-
-    @model_validator(mode="after")
-    def _crop_scale_is_a_range(self) -> DataConfig:
-        low, high = self.crop_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(
-                f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (fractions of the image area), "
-                f"got {list(self.crop_scale)}"
-            )
-        return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fixed_split_is_one_fold(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("val_csv") is not None and "folds" not in raw:
-            return {**raw, "folds": 1}
-        return raw
-
-    @model_validator(mode="after")
-    def _folds_match_the_split(self) -> DataConfig:
-        if self.val_csv is not None and self.class_folder is not None:
-            raise ValueError("data.val_csv is a table with data.train_csv's columns: use it with data.train_csv")
-        if self.val_csv is not None and self.folds != 1:
-            raise ValueError(
-                f"data.folds={self.folds} and data.val_csv: a fixed split is one fold (the val_csv rows); "
-                f"leave data.folds out (it becomes 1) or drop data.val_csv for K-fold"
-            )
-        if self.val_csv is None and self.folds < 2:
-            raise ValueError(
-                f"data.folds={self.folds}: K-fold needs at least 2 folds; for one fixed train/validation split "
-                f"set data.val_csv (a validation table)"
-            )
-        return self
 
 
 class ImageTowerConfig(_Section):
@@ -185,7 +98,9 @@ class ModelConfig(_Section):
     """The model: which towers (``type``), their settings, and the head that combines them.
 
     Only the tower sections of ``type`` may be set (``image``; ``text``; ``image`` + ``text`` for fusion;
-    ``dual``), and ``fusion`` only for models with two towers (fusion, dual).
+    ``dual``), and ``fusion`` only for models with two towers (fusion, dual). ``head: class_text`` scores products
+    against their classes' texts (``data.class_texts``), encoded by the model's text tower, or by
+    ``class_text_tower`` for an image model.
     """
 
     type: Literal["image", "text", "fusion", "dual", "linear"] = "fusion"
@@ -201,6 +116,26 @@ class ModelConfig(_Section):
     missing_image_embedding: bool = True
     aux_loss_weight: float = Field(default=0.0, ge=0.0)  # per-tower auxiliary loss for ``late`` fusion
     image_size: int | None = Field(default=None, ge=8)  # None: the tower's own preprocessing
+    head: Literal["mlp", "class_text"] = "mlp"  # mlp: the fusion's MLP (head_hidden 0: linear); class_text: cos/T
+    embed_dim: int = Field(default=512, ge=1)  # class_text head: the joint space products and class texts meet in
+    temperature: float = Field(default=0.07, gt=0.0)  # class_text head: logits = cos / temperature (scale <= 100)
+    learn_temperature: bool = False  # class_text head: the temperature trains (CLIP's learned logit scale)
+    class_text_tower: TextTowerConfig | None = None  # class_text head of an image model: encodes the class texts
+
+    @model_validator(mode="after")
+    def _class_text_head(self) -> ModelConfig:
+        if self.class_text_tower is not None and (self.type != "image" or self.head != "class_text"):
+            raise ValueError(
+                "model.class_text_tower encodes class texts for model.head class_text of an image model (type image); "
+                f"this model (type {self.type!r}, head {self.head!r}) has no use for it: remove it"
+            )
+        if self.head == "class_text" and self.type == "linear":
+            raise ValueError("model.head class_text needs a neural model: model.type linear has no head to change")
+        if self.head == "class_text" and self.type == "image" and self.class_text_tower is None:
+            raise ValueError(
+                "model.head class_text of an image model needs model.class_text_tower.name (e.g. tiny:bert)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _towers_of_type(self) -> ModelConfig:
@@ -252,12 +187,18 @@ class ModelConfig(_Section):
         return self.fusion or "concat"
 
     def towers(self) -> dict[str, TowerConfig]:
-        """Model attribute (``image_encoder`` / ``text_encoder``) -> the config of the tower it builds."""
-        return {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+        """Model attribute (``image_encoder`` / ``text_encoder`` / ``class_text_encoder``) -> its tower's config."""
+        found = {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+        if self.class_text_tower is not None:
+            found["class_text_encoder"] = self.class_text_tower
+        return found
 
     def tower_names(self) -> dict[str, str | None]:
-        """Config section -> tower name, for the sections this model type has."""
-        return {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+        """Config section -> tower name, for the sections this model has (``class_text_tower`` included)."""
+        names = {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+        if self.class_text_tower is not None:
+            names["class_text_tower"] = self.class_text_tower.name
+        return names
 
 
 class LearningRates(_Section):
@@ -276,6 +217,7 @@ class StageConfig(_Section):
     freeze_encoders: bool = False
     lr: LearningRates | None = None
     init_from: str | None = None  # name of an earlier stage: each fold starts from its best checkpoint
+    loss: Literal["ce", "clip"] | None = None  # default: train.loss
 
 
 def _default_cache_views() -> list[Literal["orig", "hflip"]]:
@@ -301,6 +243,8 @@ class TrainConfig(_Section):
     accumulate_grad_batches: int = Field(default=1, ge=1)
     gradient_clip_val: float | None = Field(default=1.0, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # ce: cross-entropy on the logits; clip: symmetric product<->class-text InfoNCE over the batch (head class_text)
+    loss: Literal["ce", "clip"] = "ce"
     class_weights: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"] = "none"
     class_weight_smoothing: float = Field(default=0.0, ge=0.0, le=1.0)
     weighted_sampling: bool = False
@@ -370,8 +314,8 @@ MOVED_KEYS: dict[str, str] = {
     "infer.batch_size": "runtime.batch_size_infer",
 }
 REMOVED_KEYS: dict[str, str] = {
-    "model.contrastive": "it did nothing; training against class texts is not built yet",
-    "data.class_descriptions": "it did nothing; class texts for training are not built yet",
+    "model.contrastive": "it did nothing; train against class texts with model.head class_text (and train.loss clip)",
+    "data.class_descriptions": "it did nothing; class texts are now data.class_texts (model.head class_text)",
 }
 
 
@@ -397,3 +341,12 @@ class AisleConfig(_Section):
         if found:
             raise ValueError("; ".join(found))
         return raw
+
+    @model_validator(mode="after")
+    def _class_texts_used(self) -> AisleConfig:
+        losses = {self.train.loss, *(s.loss for s in self.train.stages if s.loss)}
+        if "clip" in losses and self.model.head != "class_text":
+            raise ValueError("train.loss clip trains against class texts: it needs model.head class_text")
+        if self.model.head != "class_text" and self.data.class_texts:
+            raise ValueError("data.class_texts is read by model.head class_text: set that head or remove the key")
+        return self

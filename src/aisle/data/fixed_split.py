@@ -52,18 +52,9 @@ def with_validation_table(train: Products, cfg: DataConfig) -> Products:
     frame = pd.concat(
         [train_frame.assign(**{cfg.fold_col: TRAIN_ONLY}), val_frame.assign(**{cfg.fold_col: VAL_FOLD})]
     )  # the tables' own indexes: CSV line numbers in messages
-    return Products(
-        ids=np.concatenate([train.ids, val.ids]),
-        texts=np.concatenate([train.texts, val.texts]),
-        labels=np.concatenate([train_labels, val_labels]),
-        image_paths=np.concatenate([train.image_paths, val.image_paths]),
-        schema=schema,
-        source=f"{train.source} + {val.source}",
-        roots=tuple(dict.fromkeys(train.roots + val.roots)),
-        refused=train.refused + val.refused,
-        class_texts=train.class_texts,
-        frame=frame,
-    )
+    joined = train.join(val)
+    joined.labels, joined.frame = np.concatenate([train_labels, val_labels]), frame
+    return joined
 
 
 def _check_tables(

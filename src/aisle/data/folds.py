@@ -9,7 +9,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from aisle.data.labels import apply_rare_class_policy
 
-__all__ = ["PSEUDO_FOLD", "TRAIN_ONLY", "assign_folds", "fold_numbers"]
+__all__ = ["PSEUDO_FOLD", "TRAIN_ONLY", "assign_folds", "few_shot_rows", "fold_numbers"]
 
 TRAIN_ONLY = -1  # the fold number of a row that every fold trains on and none validates on (data.val_csv)
 PSEUDO_FOLD = -2  # pseudo-labelled rows (data.pseudo_labels): train in every fold, in no fold's files or scores
@@ -68,3 +68,13 @@ def assign_folds(
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(y)), y)):
         folds[val_idx] = k
     return folds
+
+
+def few_shot_rows(y: np.ndarray, rows: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """At most ``shots`` of ``rows`` per class (``y[rows]``), drawn with ``seed``; returned in row order.
+
+    The same rows, classes and seed always give the same choice (few-shot runs compare across heads and models).
+    """
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(rows[y[rows] == c])[:shots] for c in np.unique(y[rows])]
+    return np.sort(np.concatenate(kept)) if kept else rows[:0]

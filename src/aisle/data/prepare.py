@@ -11,7 +11,7 @@ import pandas as pd
 
 from aisle.config import DataConfig
 from aisle.data.fixed_split import with_validation_table
-from aisle.data.folds import PSEUDO_FOLD, assign_folds, fold_numbers
+from aisle.data.folds import PSEUDO_FOLD, assign_folds, few_shot_rows, fold_numbers
 from aisle.data.labels import LabelMap, apply_rare_class_policy
 from aisle.data.products import Products, load_products, products_from_frame, read_class_folder
 from aisle.data.pseudo import PseudoRows, read_pseudo_rows
@@ -34,6 +34,8 @@ class TrainingData:
         dropped_ids: ids of rows left out, with the reason as value.
         targets: (N, C) soft targets of every row (one-hot for hard labels) when the pseudo-label table has
             soft targets; None otherwise.
+        shots_per_class: few-shot: each fold trains on at most this many rows per class (None: all).
+        seed: the few-shot draw's seed.
     """
 
     products: Products
@@ -42,6 +44,8 @@ class TrainingData:
     folds: np.ndarray
     dropped_ids: dict[str, str]
     targets: np.ndarray | None = None
+    shots_per_class: int | None = None
+    seed: int = 42
 
     @property
     def pseudo(self) -> np.ndarray:
@@ -65,7 +69,28 @@ class TrainingData:
             np.concatenate([self.folds, np.full(len(rows.y), PSEUDO_FOLD, dtype=self.folds.dtype)]),
             self.dropped_ids,
             targets,
+            self.shots_per_class,
+            self.seed,
         )
+
+    def train_rows(self, fold: int) -> np.ndarray:
+        """The rows fold ``fold`` trains on: every other fold's, or (few-shot) ``shots_per_class`` of the real ones
+        per class, drawn with ``seed`` and the fold number, and every pseudo-labelled row. Validation rows
+        (``folds == fold``) are never cut."""
+        rows = np.flatnonzero(self.folds != fold)
+        if self.shots_per_class is None:
+            return rows
+        pseudo = self.pseudo[rows]
+        kept = few_shot_rows(self.y, rows[~pseudo], self.shots_per_class, self.seed + fold)
+        log.info(
+            "fold %d: few-shot, %d training row(s) of %d (at most %d per class, seed %d)",
+            fold,
+            len(kept),
+            int((~pseudo).sum()),
+            self.shots_per_class,
+            self.seed + fold,
+        )
+        return np.sort(np.concatenate([kept, rows[pseudo]]))
 
 
 def load_source(
@@ -155,7 +180,7 @@ def load_training_data(cfg: DataConfig, frame: pd.DataFrame | None = None, base_
     label_map = LabelMap.fit(kept.labels)
     y, _ = label_map.encode(kept.labels)
     folds = assign_folds(kept.labels, cfg.folds, cfg.seed, kept.frame, cfg.fold_col, products.source)
-    td = TrainingData(kept, label_map, y, folds, dropped)
+    td = TrainingData(kept, label_map, y, folds, dropped, None, cfg.shots_per_class, cfg.seed)
     if cfg.pseudo_labels is None:
         return td
     rows = read_pseudo_rows(cfg.pseudo_labels, cfg, kept.schema, label_map, products.ids)

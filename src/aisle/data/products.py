@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ class Products:
         source: where the table came from (for messages).
         roots: folders images may be read from; anything resolving outside them is refused.
         refused: image paths refused while resolving (outside the data root).
-        class_texts: optional class descriptions (folder-per-class layout).
         frame: the original table.
     """
 
@@ -53,7 +51,6 @@ class Products:
     source: str
     roots: tuple[Path, ...]
     refused: list[ImageIssue] = field(default_factory=list)
-    class_texts: dict[str, str] = field(default_factory=dict)
     frame: pd.DataFrame | None = None
 
     def __len__(self) -> int:
@@ -79,7 +76,6 @@ class Products:
             source=f"{self.source} + {other.source}",
             roots=tuple(dict.fromkeys((*self.roots, *other.roots))),
             refused=[*self.refused, *other.refused],
-            class_texts=self.class_texts,
             frame=None,  # two tables' columns and line numbers do not make one table
         )
 
@@ -95,7 +91,6 @@ class Products:
             source=self.source,
             roots=self.roots,
             refused=[r for r in self.refused if r.id in kept_ids],
-            class_texts=self.class_texts,
             frame=None if self.frame is None else self.frame.iloc[index],  # original index: CSV line numbers
         )
 
@@ -215,15 +210,15 @@ def load_products(
     )
 
 
-def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Path | None = None) -> Products:
+def read_class_folder(root: str | Path, cfg: DataConfig) -> Products:
     """Read a folder-per-class tree ``root/<class>/*.jpg`` as labelled products.
 
-    The id of an image is ``<class>/<file stem>``; a ``<stem>.txt`` beside an image becomes its text.
-    ``descriptions`` is an optional JSON file ``{class: description}`` kept as ``class_texts``.
+    The id of an image is ``<class>/<file stem>``; a ``<stem>.txt`` beside an image becomes its text. Class
+    descriptions (``data.class_texts``) are read by :mod:`aisle.data.class_texts`, for any data source.
 
     Raises:
-        FileNotFoundError: the root or the descriptions file does not exist.
-        ValueError: no class folders with images, or the descriptions JSON is malformed.
+        FileNotFoundError: the root does not exist.
+        ValueError: no class folders with images.
     """
     r = Path(root)
     if not r.is_dir():
@@ -255,19 +250,4 @@ def read_class_folder(root: str | Path, cfg: DataConfig, descriptions: str | Pat
             "attribute_cols": None,
         }
     )
-    products = products_from_frame(df, folder_cfg, r, source=str(r), require_label=True)
-    if descriptions is not None:
-        dp = Path(descriptions)
-        if not dp.is_file():
-            raise FileNotFoundError(f"class descriptions file {dp} does not exist")
-        try:
-            texts = json.loads(dp.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"class descriptions {dp} is not valid JSON: {e}") from e
-        if not isinstance(texts, dict) or not all(isinstance(v, str) for v in texts.values()):
-            raise ValueError(f"class descriptions {dp} must be a JSON object {{class name: description}}")
-        unknown = sorted(set(texts) - set(df["label"]))
-        if unknown:
-            log.warning("class descriptions %s name classes with no folder: %s", dp, unknown[:10])
-        products.class_texts = {str(k): v for k, v in texts.items()}
-    return products
+    return products_from_frame(df, folder_cfg, r, source=str(r), require_label=True)

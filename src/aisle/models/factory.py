@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from aisle.config import ModelConfig, NgramTowerConfig, TowerConfig
+from aisle.config import ModelConfig, NgramTowerConfig, TextTowerConfig, TowerConfig
 from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.blip import hf_blip  # noqa: F401  (registers hf-blip:)
+from aisle.models.class_text import ClassTextHead
 from aisle.models.classifier import ProductClassifier
 from aisle.models.dual import DUAL_ENCODERS
 from aisle.models.hub import hub_source, require_hub_weights
@@ -39,6 +40,7 @@ _EXAMPLES = {
     "text": "hf:bert-base-uncased",
     "dual": "open_clip:ViT-B-32/openai",
     "linear": "tfidf:word1-2,char2-5",
+    "class_text_tower": "tiny:bert",
 }
 
 
@@ -46,7 +48,7 @@ def _prefixes(section: str) -> list[str]:
     """The tower-name prefixes a config section takes (a linear model is a ``tfidf:`` tower)."""
     if section == "linear":
         return ["tfidf"]
-    registry = {"image": IMAGE_TOWERS, "text": TEXT_TOWERS, "dual": DUAL_ENCODERS}[section]
+    registry = {"image": IMAGE_TOWERS, "dual": DUAL_ENCODERS}.get(section, TEXT_TOWERS)  # text, class_text_tower
     return [p for p in registry.list() if p != "tfidf"]  # tfidf: is fitted, not trained: model.type linear
 
 
@@ -132,19 +134,25 @@ def create_towers(
             pretrained_cfg=extra.get("pretrained_cfg"),
         )
     if mcfg.type in ("text", "fusion"):
-        tc = mcfg.text_tower
-        prefix, name = parse_tower_name(_need(tc, "text"), TEXT_TOWERS.list())
-        kwargs: dict[str, Any] = {"max_length": tc.max_length}
-        if isinstance(tc, NgramTowerConfig):
-            kwargs["embed_dim"] = tc.embed_dim
-        else:
-            kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained, segments=tc.segments)
-        if a is not None:
-            kwargs["assets_dir"] = a / "text"
-        if prefix in ("tiny", "ngram") and a is None:
-            kwargs["texts"] = texts  # vocabularies fitted on the training texts
-        text = TEXT_TOWERS.create(prefix, name, **kwargs)
+        text = _text_tower(mcfg.text_tower, "text", texts, None if a is None else a / "text")
     return image, text
+
+
+def _text_tower(
+    tc: TextTowerConfig | NgramTowerConfig, section: str, texts: Sequence[str] | np.ndarray, assets: Path | None
+) -> Tower:
+    """A text tower from its config section (``model.text`` or ``model.class_text_tower``)."""
+    prefix, name = parse_tower_name(_need(tc, section), _prefixes(section))
+    kwargs: dict[str, Any] = {"max_length": tc.max_length}
+    if isinstance(tc, NgramTowerConfig):
+        kwargs["embed_dim"] = tc.embed_dim
+    else:
+        kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained)
+    if assets is not None:
+        kwargs["assets_dir"] = assets
+    if prefix in ("tiny", "ngram") and assets is None:
+        kwargs["texts"] = texts  # vocabularies fitted on the training texts
+    return TEXT_TOWERS.create(prefix, name, **kwargs)
 
 
 def _linear_tower(
@@ -161,16 +169,40 @@ def _linear_tower(
 
 
 def create_classifier(
-    mcfg: ModelConfig, num_classes: int, texts: Sequence[str] | np.ndarray = (), assets: str | Path | None = None
+    mcfg: ModelConfig,
+    num_classes: int,
+    texts: Sequence[str] | np.ndarray = (),
+    assets: str | Path | None = None,
+    class_texts: Sequence[Sequence[str]] | None = None,
 ) -> ProductClassifier:
     """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`).
 
     A linear model (``model.type: linear``) is one ``tfidf:`` tower whose output already is the class logits.
+
+    Args:
+        class_texts: per class its texts (:func:`aisle.data.class_texts.class_texts_for`), for ``head: class_text``
+            (default: the ones saved in ``assets``).
     """
     if mcfg.type == "linear":
         return ProductClassifier(None, _linear_tower(mcfg, num_classes, texts, assets), num_classes, fusion="logits")
-    image, text = create_towers(mcfg, texts, assets)
-    return ProductClassifier(
+    settings = json.loads((Path(assets) / "towers.json").read_text()) if assets is not None else {}
+    if class_texts is None:
+        class_texts = settings.get("class_texts")
+    flat = [t for ts in class_texts or [] for t in ts]
+    vocab = [*texts, *flat]  # tiny: / ngram: tokenizers also learn the class texts' words
+    image, text = create_towers(mcfg, vocab, assets)
+    head, own = None, None
+    if mcfg.head == "class_text":
+        if mcfg.class_text_tower is not None:
+            folder = Path(assets) / "class_text" if assets is not None else None
+            own = _text_tower(mcfg.class_text_tower, "class_text_tower", flat, folder)
+        dims = [t.output_dim for t in (image, text) if t is not None]
+        encoder = own or text
+        if encoder is None:  # unreachable: the config's validator asks an image model for class_text_tower
+            raise ValueError("model.head class_text needs a text tower for the class texts (model.class_text_tower)")
+        text_dim = encoder.output_dim
+        head = ClassTextHead(dims, text_dim, num_classes, mcfg.embed_dim, mcfg.temperature, mcfg.learn_temperature)
+    model = ProductClassifier(
         image,
         text,
         num_classes,
@@ -180,7 +212,12 @@ def create_classifier(
         dropout=mcfg.dropout,
         modality_dropout=mcfg.modality_dropout,
         missing_image_embedding=mcfg.missing_image_embedding,
+        class_head=head,
+        class_text_encoder=own,
     )
+    if head is not None and class_texts:
+        model.set_class_texts(class_texts)
+    return model
 
 
 def has_model_assets(folder: str | Path) -> bool:
@@ -203,6 +240,10 @@ def save_model_assets(model: ProductClassifier, mcfg: ModelConfig, folder: str |
             settings["image"] = model.image_encoder.save_assets(f / "image")
         if model.text_encoder is not None:
             settings["text"] = model.text_encoder.save_assets(f / "text")
+    if model.class_text_encoder is not None:
+        settings["class_text"] = model.class_text_encoder.save_assets(f / "class_text")
+    if model.class_texts:
+        settings["class_texts"] = model.class_texts
     (f / "towers.json").write_text(json.dumps(settings, indent=2))
     pre = image_preprocess(model)
     (f / "image_preprocess.json").write_text(json.dumps(pre.to_dict() if pre else None))

@@ -13,6 +13,7 @@ import lightning as L
 import pandas as pd
 
 from aisle.config import MODEL_TOWERS, AisleConfig, load_config, save_config
+from aisle.data.class_texts import class_texts_for
 from aisle.data.dataset import Precomputed
 from aisle.data.image_report import report_image_issues
 from aisle.data.loaders import pretokenize
@@ -211,7 +212,13 @@ def _report_images(cfg: AisleConfig, td: TrainingData, rd: RunDir) -> None:
 
 def _context(cfg: AisleConfig, td: TrainingData, rd: RunDir, reuse: bool) -> RunContext:
     """The template model (rebuilt from the run's assets when resuming) and the work every fold shares."""
-    template = create_classifier(cfg.model, len(td.label_map), td.products.texts, assets=rd.assets if reuse else None)
+    texts = None  # class texts: rendered once for a new run; a resumed one reads them from its assets
+    if cfg.model.head == "class_text" and not reuse:
+        d = cfg.data
+        texts = class_texts_for(td.label_map.classes, d.class_texts, d.class_text_templates, d.allow_extra_class_texts)
+    template = create_classifier(
+        cfg.model, len(td.label_map), td.products.texts, assets=rd.assets if reuse else None, class_texts=texts
+    )
     if reuse and rd.template.exists():
         load_weights(template, rd.template)
     else:

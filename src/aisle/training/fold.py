@@ -176,7 +176,7 @@ def prepare_model(ctx: RunContext, stage: StageConfig, fold: int) -> FoldModel:
 def prepare_loaders(ctx: RunContext, fm: FoldModel, fold: int) -> FoldLoaders:
     """Training and validation loaders of one fold, reading cached features of frozen towers where it can."""
     cfg, td = ctx.cfg, ctx.td
-    tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
+    tr, va = td.train_rows(fold), np.flatnonzero(td.folds == fold)
     sample_w = None
     if cfg.train.weighted_sampling:
         # "inverse_freq" always gives weights (only "none" gives None)
@@ -283,8 +283,13 @@ def train_fold(
     epochs = stage.epochs or cfg.train.epochs
     y_tr = ctx.td.y[loaders.train_idx]
     weights = class_weights(y_tr, len(ctx.td.label_map), cfg.train.class_weights, cfg.train.class_weight_smoothing)
-    criterion = LOSSES.create(
-        "ce", weight=weights, label_smoothing=cfg.train.label_smoothing, aux_weight=cfg.model.aux_loss_weight
+    loss = stage.loss or cfg.train.loss
+    criterion = (
+        LOSSES.create(
+            "ce", weight=weights, label_smoothing=cfg.train.label_smoothing, aux_weight=cfg.model.aux_loss_weight
+        )
+        if loss == "ce"
+        else LOSSES.create(loss)
     )
     last = _resume_point(fd, fm.model, stage.name, fold)
     offset = int(last["epoch"]) if last else 0

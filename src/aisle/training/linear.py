@@ -134,7 +134,7 @@ def fit_linear_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResul
     if "tfidf" not in ctx.shared:  # the TF-IDF rows of every training product, once per run
         ctx.shared["tfidf"] = tower.transform(ctx.td.products.texts)
     x, td = ctx.shared["tfidf"], ctx.td
-    tr, va = np.flatnonzero(td.folds != fold), np.flatnonzero(td.folds == fold)
+    tr, va = td.train_rows(fold), np.flatnonzero(td.folds == fold)
     lcfg, tcfg = ctx.cfg.model.linear_model, ctx.cfg.train
     fit = fit_linear(x[tr], td.y[tr], len(td.label_map), lcfg, tcfg.seed + fold, td.pseudo[tr], tcfg.pseudo_weight)
     tower.set_linear(fit.coef, fit.intercept)

@@ -92,3 +92,26 @@ class RowTargets:
     def rows(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         i = index.cpu()
         return self.targets[i].to(device), self.weights[i].to(device)
+
+
+@LOSSES.register("clip")
+class ClipCriterion(nn.Module):
+    """CLIP's symmetric InfoNCE between the batch's products and their classes' texts (``train.loss: clip``).
+
+    Logits are ``logit_scale * product @ class_text.T`` over the batch (B, B), averaged over both directions
+    (product -> text, text -> product). Several items of one class in a batch share one class text, so their pairs
+    are positives, not negatives: each row's target is uniform over the batch's items of its class. Because those
+    items' class texts are one text, this is exactly open_clip's ``ClipLoss`` on the (product, class text) pairs,
+    repeated classes included (a class with n items in the batch has a floor of log n, a constant). Class weights
+    and label smoothing apply to ``ce`` only.
+    """
+
+    def forward(self, out: dict[str, object], y: torch.Tensor) -> torch.Tensor:
+        products = out.get("embeddings")
+        if products is None:
+            raise ValueError("train.loss clip needs the class-text head (model.head class_text)")
+        texts = cast(torch.Tensor, out["class_embeddings"])[y]  # (B, E): each item's class text
+        logits = cast(torch.Tensor, out["logit_scale"]) * cast(torch.Tensor, products) @ texts.T  # (B, B)
+        same = (y[:, None] == y[None, :]).to(logits.dtype)
+        targets = same / same.sum(1, keepdim=True)  # symmetric: same-class rows have equal counts
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

@@ -60,6 +60,10 @@ class ClassifierModule(L.LightningModule):
             if tower is not None:
                 tower.eval()
 
+    def on_validation_epoch_start(self) -> None:
+        if self.model.class_tower_trains():  # the class-text head scores against the texts as now encoded
+            self.model.refresh_class_texts()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch)
         if self.row_targets is None or self._soft_loss is None:

@@ -15,6 +15,7 @@ __all__ = ["build_optimizer", "build_schedule", "param_groups"]
 MODULE_GROUPS = {
     "image_encoder": "image_encoder",
     "text_encoder": "text_encoder",
+    "class_text_encoder": "text_encoder",  # an image model's class-text tower trains at the text towers' rate
     "head": "head",
     "missing_image": "other",
 }
