@@ -197,3 +197,8 @@ def test_rounds_retrain_an_ensemble_member_by_member(base, tmp_path):
         assert len(pd.read_csv(member / "pseudo_rows.csv")) == 24
     pred = predict(r1.run_dir, cat / "test.csv")
     assert list(pred.ids) == pd.read_csv(cat / "test.csv", dtype=str)["id"].tolist()
+    before = (r1.run_dir / "cv_summary.json").read_text()
+    args = ["pseudo-label", str(tmp_path / "ens"), "--data", str(cat / "test.csv"), "--threshold", "1e-6"]
+    assert main([*args, "--rounds", "1", "--out", str(tmp_path / "x.csv")]) == 2, "--out names one table"
+    assert main([*args, "--rounds", "1"]) == 0
+    assert (r1.run_dir / "cv_summary.json").read_text() == before, "a finished round is kept, not trained again"
