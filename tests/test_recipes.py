@@ -9,17 +9,20 @@ fixed split) trains once and ``aisle compare`` draws its five runs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
 from aisle.models import DUAL_ENCODERS
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, save_tiny_clip
 
 RECIPE_DIR = REPO_ROOT / "configs" / "recipes"
 RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
@@ -28,6 +31,8 @@ COMPARISON = sorted((RECIPE_DIR / "fusion_comparison").glob("*.yaml"))  # concat
 # tower family (the name's prefix) -> its tiny offline preset; a dual encoder family uses its own ``:tiny``
 TINY_IMAGE = {"timm": "timm:test_resnet"}
 TINY_TEXT = {"hf": "tiny:bert", "tiny": "tiny:bert"}
+# model.class_text_tower: an hf: checkpoint becomes a whole tiny CLIPModel saved by the fixture (read as its text side)
+TINY_CLASS_TEXT = {"hf": "hf:{catalogue}/tiny-clip", "tiny": "tiny:bert"}
 
 
 def _tiny(name: str, presets: dict[str, str], section: str) -> str:
@@ -48,11 +53,19 @@ def tiny_version(raw: dict, catalogue: Path, tmp_path: Path) -> dict:
             tower.update(name=_tiny(tower["name"], presets, section), pretrained=False)
             if "max_length" in tower:
                 tower["max_length"] = min(tower["max_length"], 32)
+    texts = model.get("class_text_tower")
+    if texts is not None:  # pretrained as written: the tiny CLIP's saved weights load
+        texts.update(name=_tiny(texts["name"], TINY_CLASS_TEXT, "class_text_tower").format(catalogue=catalogue))
+        texts["max_length"] = min(texts.get("max_length", 32), 32)
     model["image_size"] = 32
     if raw.get("infer", {}).get("scales"):  # its own size and one 8 px patch more, as 224 and 256 are for a ViT-L/14
         raw["infer"]["scales"] = [32, 40]
     if "val_csv" in raw["data"]:  # a fixed split: the catalogue's, written by the fixture
         raw["data"].update(train_csv=str(catalogue / "fit.csv"), val_csv=str(catalogue / "val.csv"), test_csv=None)
+    elif "class_folder" in raw["data"]:  # folder-per-class: the catalogue's images as a class tree
+        raw["data"].update(
+            class_folder=str(catalogue / "tree"), class_texts=str(catalogue / "class_texts.json"), folds=2
+        )
     else:
         raw["data"].update(train_csv=str(catalogue / "train.csv"), test_csv=None, folds=2)
     train = raw.setdefault("train", {})
@@ -71,6 +84,17 @@ def catalogue(tmp_path_factory) -> Path:
     val = table.groupby("categories", sort=False).head(1)  # one validation row per class, the rest train
     val.to_csv(out / "val.csv", index=False)
     table.drop(index=val.index).to_csv(out / "fit.csv", index=False)
+    for row in table.itertuples():  # the images PIL can read, as <class>/<id>.jpg
+        with contextlib.suppress(OSError), Image.open(out / "images" / f"{row.id}.jpg") as im:
+            im.convert("RGB").save(
+                (out / "tree" / row.categories).mkdir(parents=True, exist_ok=True)
+                or out / "tree" / row.categories / f"{row.id}.jpg"
+            )
+    test = pd.read_csv(out / "test.csv", dtype=str)  # a class tree's text column is "text" (<stem>.txt files)
+    test.assign(text=test["title"])[["id", "text"]].to_csv(out / "test_text.csv", index=False)
+    descriptions = {"Wool Tent": "一顶羊毛帐篷", "Silk Box": "a small box covered in silk"}  # the rest: names only
+    (out / "class_texts.json").write_text(json.dumps(descriptions, ensure_ascii=False), encoding="utf-8")
+    save_tiny_clip(out / "tiny-clip", [*table["categories"].unique(), *descriptions.values(), "a photo of a"])
     return out
 
 
@@ -102,6 +126,7 @@ def test_recipes_are_shipped() -> None:
         "goods_fusion",
         "clip_report_vitl14",
         "goods_clas_siglip",
+        "clip_guide",
         *(f"fusion_comparison/{m}" for m in ("concat", "gated", "late", "clip", "blip")),
     }
 
@@ -114,7 +139,9 @@ def test_each_recipe_trains_a_fold_with_tiny_towers(
     from aisle.inference import predict
     from aisle.rundir import DEFAULT_STAGE, RunDir
 
-    cfg = validate_config(tiny_version(yaml.safe_load(path.read_text()), catalogue, tmp_path))
+    raw = yaml.safe_load(path.read_text())
+    test = catalogue / ("test_text.csv" if "class_folder" in raw["data"] else "test.csv")
+    cfg = validate_config(tiny_version(raw, catalogue, tmp_path))
     # the comparison's models train once, for this test and the comparison's
     run = request.getfixturevalue("comparison_runs")[path] if path in COMPARISON else _train(path, catalogue, tmp_path)
     rd = RunDir(run)
@@ -122,7 +149,7 @@ def test_each_recipe_trains_a_fold_with_tiny_towers(
         oof = pd.read_csv(rd.stage_oof(stage), dtype={"id": str})
         assert len(oof) > 0 and oof["fold"].eq(0).all(), stage
     assert rd.summary.is_file()
-    pred = predict(run, catalogue / "test.csv")
+    pred = predict(run, test)
     assert len(pred.ids) == 4 and np.isfinite(pred.probs).all() and np.allclose(pred.probs.sum(1), 1, atol=1e-4)
 
 
