@@ -84,12 +84,11 @@ def catalogue(tmp_path_factory) -> Path:
     val = table.groupby("categories", sort=False).head(1)  # one validation row per class, the rest train
     val.to_csv(out / "val.csv", index=False)
     table.drop(index=val.index).to_csv(out / "fit.csv", index=False)
-    for row in table.itertuples():  # the images PIL can read, as <class>/<id>.jpg
+    for row in table.itertuples():  # the images PIL can read (the demo breaks a few), as <class>/<id>.jpg
+        folder = out / "tree" / str(row.categories)
+        folder.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError), Image.open(out / "images" / f"{row.id}.jpg") as im:
-            im.convert("RGB").save(
-                (out / "tree" / row.categories).mkdir(parents=True, exist_ok=True)
-                or out / "tree" / row.categories / f"{row.id}.jpg"
-            )
+            im.convert("RGB").save(folder / f"{row.id}.jpg")
     test = pd.read_csv(out / "test.csv", dtype=str)  # a class tree's text column is "text" (<stem>.txt files)
     test.assign(text=test["title"])[["id", "text"]].to_csv(out / "test_text.csv", index=False)
     descriptions = {"Wool Tent": "一顶羊毛帐篷", "Silk Box": "a small box covered in silk"}  # the rest: names only
