@@ -113,3 +113,14 @@ def labelled_rows(n_per_class: Mapping[str, int], prefix: str = "p") -> list[dic
                 rows.append({"id": f"{prefix}{len(rows)}", "title": f"item {len(rows)}", "categories": c})
                 counters[c] += 1
     return rows
+
+
+def save_tiny_clip(folder: Path, texts: Sequence[str] = ("a photo",)) -> Path:
+    """A whole tiny random ``CLIPModel`` (text projection 24 wide) and its word tokenizer, saved as a checkpoint
+    folder is (``save_pretrained``): what ``hf:openai/clip-vit-base-patch32`` is, offline."""
+    from aisle.models.dual import _tiny_hf_dual
+
+    model, tokenizer = _tiny_hf_dual("clip", texts, 32, None)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

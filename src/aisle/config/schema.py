@@ -23,7 +23,7 @@ class ImageTowerConfig(_Section):
 class TextTowerConfig(ImageTowerConfig):
     """A pretrained-style text tower: ``hf:`` (a Hugging Face model name or local folder) or ``tiny:bert``."""
 
-    pooler: Literal["cls", "mean"] = "mean"  # how token states become one vector
+    pooler: Literal["cls", "mean", "eos"] = "mean"  # how token states become one vector (eos: the last real token)
     max_length: int = Field(default=128, ge=1)  # tokens kept per text (per segment)
     # long texts: up to this many consecutive max_length windows, each encoded, features averaged; 1: the first only
     segments: int = Field(default=1, ge=1, le=16)

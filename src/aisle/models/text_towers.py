@@ -1,4 +1,10 @@
-"""Text towers: any Hugging Face encoder (hub id or local folder) with a CLS or mean pooler."""
+"""Text towers: any Hugging Face encoder (hub id or local folder) with a CLS, mean or EOS pooler.
+
+A CLIP checkpoint (a full ``CLIPModel``, e.g. ``hf:openai/clip-vit-base-patch32``, or a CLIP text model) is read
+as its text side alone: ``CLIPTextModelWithProjection``, the pooled state projected into CLIP's joint space as
+CLIP's own text features are. Which class loads a checkpoint follows its config's ``model_type``
+(:data:`TEXT_MODEL_CLASSES`), never its name.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,21 @@ import torch
 from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    PretrainedConfig,
+)
 
 from aisle.models.base import Tower, masked_mean
 from aisle.models.tokenizer import train_word_tokenizer
 from aisle.registry import Registry
 
-__all__ = ["TEXT_TOWERS", "HFTextTower", "check_hf_name", "tiny_bert_tower"]
+__all__ = ["TEXT_MODEL_CLASSES", "TEXT_TOWERS", "HFTextTower", "check_hf_name", "text_model_class", "tiny_bert_tower"]
 
 TEXT_TOWERS: Registry = Registry("text tower")
 
@@ -45,14 +59,49 @@ def check_hf_name(name: str) -> None:
         )
 
 
+def _clip_text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """A full CLIP config's text side, with the joint-space width (kept in the outer config) carried over."""
+    return CLIPTextConfig(**{**config.text_config.to_dict(), "projection_dim": config.projection_dim})
+
+
+# config model_type -> (the class that reads it as a text encoder, the config that class takes); others: AutoModel
+TEXT_MODEL_CLASSES: dict[str, tuple[type, Any]] = {
+    "clip": (CLIPTextModelWithProjection, _clip_text_config),  # a whole CLIPModel checkpoint: its text side
+    "clip_text_model": (CLIPTextModelWithProjection, lambda c: c),  # a CLIP text model (a run's saved assets)
+}
+
+
+def text_model_class(config: PretrainedConfig) -> tuple[Any, PretrainedConfig]:
+    """The model class that reads ``config``'s checkpoint as a text encoder, and the config to build it from."""
+    cls, text_config = TEXT_MODEL_CLASSES.get(config.model_type, (AutoModel, lambda c: c))
+    return cls, text_config(config)
+
+
+def _random_text_model(config: PretrainedConfig) -> Any:
+    """The text encoder ``config`` describes, with random weights."""
+    cls, text_config = text_model_class(config)
+    return AutoModel.from_config(text_config) if cls is AutoModel else cls(text_config)
+
+
+def _load_text_model(name: str, pretrained: bool) -> Any:
+    config = AutoConfig.from_pretrained(name)
+    if not pretrained:
+        return _random_text_model(config)
+    cls, text_config = text_model_class(config)
+    # the config is passed: a whole CLIP checkpoint keeps the projection width in its outer config
+    return cls.from_pretrained(name, config=text_config)
+
+
 @TEXT_TOWERS.register("hf")
 class HFTextTower(Tower):
-    """``transformers.AutoModel`` + a pooler over the last hidden states.
+    """``transformers.AutoModel`` (CLIP: its text side, :data:`TEXT_MODEL_CLASSES`) + a pooler over the last hidden
+    states, then the model's text projection where it has one (CLIP).
 
     Args:
         name: a hub id (``bert-base-multilingual-cased``) or a local folder (``../shared/models/all-MiniLM-L6-v2``).
         pretrained: load the weights (else random init from the model's config).
-        pooler: ``cls`` (first token) or ``mean`` (attention-masked mean).
+        pooler: ``cls`` (first token), ``mean`` (attention-masked mean) or ``eos`` (each row's last real token:
+            CLIP's EOS, which CLIP's text features read; BERT's ``[SEP]``).
         max_length: tokens per text (per segment with ``segments`` > 1).
         segments: read long texts as up to this many consecutive ``max_length`` windows, each encoded and pooled on
             its own, their features averaged (AutoGluon's ``text_segment_num``); 1: the first window only.
@@ -67,7 +116,7 @@ class HFTextTower(Tower):
         self,
         name: str,
         pretrained: bool = True,
-        pooler: Literal["cls", "mean"] = "mean",
+        pooler: Literal["cls", "mean", "eos"] = "mean",
         max_length: int = 128,
         config: PretrainedConfig | None = None,
         tokenizer: Any = None,
@@ -78,26 +127,27 @@ class HFTextTower(Tower):
         self.name, self.pooler, self.max_length, self.segments = name, pooler, max_length, segments
         self.fixed_length = segments > 1  # segments sit at fixed offsets: batches are never trimmed
         if assets_dir is not None:
-            self.model = AutoModel.from_config(AutoConfig.from_pretrained(assets_dir))
+            self.model = _random_text_model(AutoConfig.from_pretrained(assets_dir))
             self.tokenizer = AutoTokenizer.from_pretrained(assets_dir)
         elif config is not None:
             if tokenizer is None:
                 raise ValueError("HFTextTower(config=...) also needs tokenizer=...")
-            self.model = AutoModel.from_config(config)
+            self.model = _random_text_model(config)
             self.tokenizer = tokenizer
         else:
             try:
-                self.model = (
-                    AutoModel.from_pretrained(name)
-                    if pretrained
-                    else AutoModel.from_config(AutoConfig.from_pretrained(name))
-                )
+                self.model = _load_text_model(name, pretrained)
                 self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
             except OSError as e:  # not on the hub, or the hub cannot be reached
                 raise ValueError(f"text tower hf:{name} could not be loaded ({e}); {_HF_FIX}") from e
+        if pooler == "eos":
+            self.tokenizer.padding_side = "right"  # a row's last real token sits at its mask's sum - 1
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused (we pool ourselves); would get no gradient
-        self.output_dim = int(self.model.config.hidden_size)
+        # CLIP's projection into its joint space (its text features); None: the pooled hidden state
+        self.projection: nn.Module | None = getattr(self.model, "text_projection", None)
+        width = self.model.config.projection_dim if self.projection is not None else self.model.config.hidden_size
+        self.output_dim = int(width)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.segments > 1:
@@ -129,10 +179,15 @@ class HFTextTower(Tower):
         return {"input_ids": ids.view(b, s * t), "attention_mask": mask.view(b, s * t)}
 
     def _pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, D)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         if self.pooler == "cls":
-            return hidden[:, 0]
-        return masked_mean(hidden, mask.bool())  # (B, D)
+            pooled = hidden[:, 0]
+        elif self.pooler == "eos":  # right padding: the last real token sits at (real tokens - 1)
+            last = (mask.long().sum(1) - 1).clamp(min=0)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            pooled = masked_mean(hidden, mask.bool())
+        return pooled if self.projection is None else self.projection(pooled)  # (B, D)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.segments == 1:
@@ -150,7 +205,7 @@ class HFTextTower(Tower):
         return masked_mean(pooled.view(b, self.segments, -1), live.view(b, self.segments))  # (B, D)
 
     def blocks(self) -> list[nn.Module]:
-        encoder = getattr(self.model, "encoder", None)
+        encoder = getattr(getattr(self.model, "text_model", self.model), "encoder", None)  # CLIP: under text_model
         layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
         return list(layers) if layers is not None else []
 
@@ -165,7 +220,7 @@ class HFTextTower(Tower):
 def tiny_bert_tower(
     name: str = "bert",
     pretrained: bool = False,
-    pooler: Literal["cls", "mean"] = "mean",
+    pooler: Literal["cls", "mean", "eos"] = "mean",
     max_length: int = 32,
     texts: Sequence[str] = (),
     hidden_size: int = 32,
