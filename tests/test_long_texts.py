@@ -78,3 +78,21 @@ def test_a_text_run_with_segments_trains_and_predicts(tmp_path):
     oof = pd.read_csv(tmp_path / "run" / "main" / "oof.csv", dtype={"id": str}).set_index("id")
     assert list(pred.ids) == list(train["id"]) and np.isfinite(pred.probs).all()
     assert len(oof) == len(train)
+
+
+def test_an_image_model_predicts_a_table_without_the_text_columns_it_saw(tmp_path, caplog):
+    """An image model reads no product text: the text columns its training table had are not asked of the input."""
+    write_demo_catalogue(tmp_path / "cat", n_train=24, n_test=6, seed=4, image_size=32)
+    cfg = {
+        "name": "img",
+        "output_dir": str(tmp_path),
+        "data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+        "model": {"type": "image", "image": {"name": "timm:test_resnet", "pretrained": False}, "image_size": 32},
+        "train": {"epochs": 1, "batch_size": 8, "loggers": []},
+        "runtime": {"num_workers": 0},
+    }
+    run_cv(validate_config(cfg), tmp_path / "run")
+    test = pd.read_csv(tmp_path / "cat" / "test.csv", dtype=str)
+    test.drop(columns=["title", "description"], errors="ignore").to_csv(tmp_path / "cat" / "bare.csv", index=False)
+    pred = predict(tmp_path / "run", tmp_path / "cat" / "bare.csv")
+    assert list(pred.ids) == list(test["id"]) and "predicting without them" not in caplog.text

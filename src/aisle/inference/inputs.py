@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aisle.config import AisleConfig
+from aisle.config import MODEL_TOWERS, AisleConfig
 from aisle.data.labels import LabelMap
 from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
 from aisle.rundir import RunDir
@@ -82,6 +82,8 @@ def trained_text_columns(df: pd.DataFrame, wanted: list[str], allow_missing_text
 
 def _trained_cfg(rd: RunDir, cfg: AisleConfig, df: pd.DataFrame, allow_missing_text: bool, source: str):
     trained = read_json(rd.schema) if rd.schema.is_file() else {}
+    if "text_encoder" not in MODEL_TOWERS[cfg.model.type]:  # an image model reads no product text, whatever
+        trained = {k: [c for c in v or [] if c in df.columns] if k.endswith("cols") else v for k, v in trained.items()}
     update: dict = {"text_cols": _columns(df, trained, allow_missing_text, source)}
     attrs = [c for c in trained.get("attribute_cols") or [] if c in df.columns]
     absent_attrs = sorted(set(trained.get("attribute_cols") or []) - set(attrs))
