@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from aisle.config import ConfigError, DataConfig, load_config
-from aisle.config.schema import AugmentPolicy
+from aisle.config.data_schema import AugmentPolicy
 from aisle.data.transforms import AUGMENT_POLICIES, build_image_transform
 
 SIZE = 24
