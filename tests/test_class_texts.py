@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,7 @@ def test_train_class_text_head_on_a_class_tree_with_chinese_texts_then_predict(c
     assert main([*args, "--out", str(out), "--tta", "hflip"]) == 0
     sub = pd.read_csv(out / "submission.csv", dtype=str)
     assert sub["id"].tolist() == test["id"].tolist() and set(sub["label"]) <= set(classes)
+    _predict_a_folder_of_images(rd, class_tree, test["id"].tolist(), out, tmp_path / "photos")
     # the class texts are a buffer: the exported graph has no text tower in it and matches torch
     sample = ["--data", str(tmp_path / "test.csv"), "--image-dir", str(class_tree / "images"), "--rows", "4"]
     assert main(["export", str(rd), *sample]) == 0
@@ -326,3 +328,20 @@ def test_train_class_text_head_on_a_class_tree_with_chinese_texts_then_predict(c
     capsys.readouterr()
     assert main(["train", *extra, "--run-dir", str(tmp_path / "run2")]) == 2
     assert "['unicorns']" in capsys.readouterr().err
+
+
+def _predict_a_folder_of_images(rd: Path, class_tree: Path, ids: list[str], by_table: Path, folder: Path) -> None:
+    """``aisle predict RUN --data FOLDER``: one row per image file (one folder down too), its id the file's path
+    in the folder, and the same probabilities as the id table + image folder gave for that image."""
+    names = [f"{pid}.jpg" if i % 2 else f"sub/{pid}.jpg" for i, pid in enumerate(ids)]
+    for pid, name in zip(ids, names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(class_tree / "images" / f"{pid}.jpg", folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = folder.parent / "pred-folder"
+    assert main(["predict", str(rd), "--data", str(folder), "--out", str(out), "--tta", "hflip"]) == 0
+    got = pd.read_csv(out / "probabilities.csv", dtype={"id": str}).set_index("id")
+    assert sorted(got.index) == sorted(names) and len(got) == len(ids)
+    want = pd.read_csv(by_table / "probabilities.csv", dtype={"id": str}).set_index("id")
+    want.index = [dict(zip(ids, names))[i] for i in want.index]
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(float), want.to_numpy(float), atol=1e-5)

@@ -168,12 +168,19 @@ def _check_train_options(
         _fail("--models-dir only applies with --preset; for one model, name local folders in the config (hf:/path)")
 
 
+_PredictData = Annotated[
+    Path | None,
+    typer.Option(
+        help="Products table, or a folder of images (ids: their paths in it), to predict "
+        "(default: the run's data.test_csv)."
+    ),
+]
+
+
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    data: Annotated[
-        Path | None, typer.Option(help="Products table to predict (default: the run's data.test_csv).")
-    ] = None,
+    data: _PredictData = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN_DIR/predictions).")] = None,
     fold: Annotated[list[int] | None, typer.Option("--fold", help="Use only this fold's model (repeatable).")] = None,
     tta: Annotated[list[str] | None, typer.Option("--tta", help="TTA policy, e.g. hflip (repeatable).")] = None,

@@ -16,13 +16,22 @@ from aisle.data.images import (
     OUTSIDE_ROOT,
     ImageIssue,
     build_image_index,
+    image_files,
     is_inside,
+    natural_key,
     paths_from_column,
 )
 from aisle.data.schema import ProductSchema, build_texts, infer_schema
 from aisle.tables import read_table
 
-__all__ = ["Products", "find_image_dir", "load_products", "products_from_frame", "read_class_folder"]
+__all__ = [
+    "Products",
+    "find_image_dir",
+    "image_folder_frame",
+    "load_products",
+    "products_from_frame",
+    "read_class_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +217,33 @@ def load_products(
     return products_from_frame(
         df, cfg, cfg.data_root or p.parent, image_dir, source=str(p), require_label=require_label
     )
+
+
+def image_folder_frame(root: str | Path) -> pd.DataFrame:
+    """A folder of images to predict, as a table: one row per image file directly in ``root`` or one folder
+    down (a class tree works too), its id the file's path inside ``root`` (``shirts/a1.jpg``: unique, and the
+    file it names), an ``image`` column with the same path and a ``text`` column from a ``<stem>.txt`` beside it.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no image files in it.
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise FileNotFoundError(f"image folder {r} does not exist")
+    rows = []
+    for path in sorted(image_files(r), key=natural_key):
+        f = Path(path)
+        side = f.with_suffix(".txt")
+        text = side.read_text(errors="replace").strip() if side.is_file() else ""
+        rel = f.relative_to(r).as_posix()
+        rows.append({"id": rel, "text": text, "image": rel})
+    if not rows:
+        raise ValueError(
+            f"{r} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or one folder down: pass a "
+            f"products table (--data TABLE) or a folder of images"
+        )
+    return pd.DataFrame(rows)
 
 
 def read_class_folder(root: str | Path, cfg: DataConfig) -> Products:

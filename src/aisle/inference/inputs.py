@@ -9,7 +9,7 @@ import pandas as pd
 
 from aisle.config import MODEL_TOWERS, AisleConfig
 from aisle.data.labels import LabelMap
-from aisle.data.products import Products, find_image_dir, load_products, products_from_frame
+from aisle.data.products import Products, find_image_dir, image_folder_frame, load_products, products_from_frame
 from aisle.rundir import RunDir
 from aisle.serialization import read_json
 from aisle.tables import read_table
@@ -104,8 +104,8 @@ def read_products(
     image_dir: str | Path | None,
     allow_missing_text: bool = False,
 ) -> Products:
-    """The rows to predict: ``data`` (a table or a DataFrame), else the run's ``data.test_csv``, read with the
-    text columns the run was trained on.
+    """The rows to predict: ``data`` (a table, a folder of images or a DataFrame), else the run's
+    ``data.test_csv``, read with the text columns the run was trained on.
 
     Raises:
         ValueError: no data, or a text / attribute column the run was trained with is absent (unless allowed).
@@ -118,6 +118,8 @@ def read_products(
             )
         data = cfg.data.test_csv
     source = "DataFrame" if isinstance(data, pd.DataFrame) else str(data)
+    if not isinstance(data, pd.DataFrame) and Path(data).is_dir():
+        return _image_folder(rd, cfg, Path(data), allow_missing_text)
     df = data if isinstance(data, pd.DataFrame) else read_table(data, cfg.data.sep, cfg.data.encoding)
     data_cfg = _trained_cfg(rd, cfg, df, allow_missing_text, source)
     data_cfg.image_dir = str(image_dir) if image_dir else None
@@ -125,6 +127,15 @@ def read_products(
         root = Path(image_dir).parent if image_dir else Path(".")
         return products_from_frame(data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source=source)
     return load_products(data, data_cfg, frame=df)
+
+
+def _image_folder(rd: RunDir, cfg: AisleConfig, folder: Path, allow_missing_text: bool) -> Products:
+    """A folder of images (and ``<stem>.txt`` texts) read as a table: one row per image file, id = its path."""
+    df = image_folder_frame(folder)
+    data_cfg = _trained_cfg(rd, cfg, df, allow_missing_text, str(folder))
+    data_cfg = data_cfg.model_copy(update={"id_col": "id", "label_col": None, "image_col": "image", "image_dir": None})
+    log.info("%s: a folder of images, %d file(s) to predict (ids are their paths in it)", folder, len(df))
+    return products_from_frame(df, data_cfg, folder, source=str(folder))
 
 
 def check_images(has_image: bool, n: int, source: str, allow_missing_images: bool) -> None:

@@ -242,7 +242,8 @@ def predict(
 
     Args:
         run_dir: a finished run folder; nothing else is needed.
-        data: a products table (path) to predict, or a DataFrame (relative image paths and the ``images/``
+        data: a products table (path) to predict, a folder of images (one product per image file, its id the
+            file's path in the folder), or a DataFrame (relative image paths and the ``images/``
             folder are taken from ``image_dir``'s parent, else the working directory); default: the run's
             ``data.test_csv``.
         folds: which folds' models (default: the run's ``infer.folds``, else every finished fold).
