@@ -14,10 +14,11 @@ from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
 from aisle.evaluation.calibration import rescale_probs
 from aisle.evaluation.compare import run_row
+from aisle.evaluation.metrics import classification_metrics
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
-from aisle.training.blend import ensemble_weights, fit_ensemble, greedy_selection, read_member
+from aisle.training.blend import ensemble_weights, fit_ensemble, greedy_selection, guarded_weights, read_member
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,23 @@ def test_a_member_of_random_probabilities_gets_no_weight_beside_decent_members(m
     noise = rng.dirichlet(np.ones(5), 400)
     weights = ensemble_weights([decent(0.8), decent(0.75), noise], y, metric)
     assert weights[2] == 0.0 and weights[:2].sum() > 0 and weights.sum() == pytest.approx(1.0)
+
+
+def test_a_log_loss_blend_that_classifies_worse_than_its_best_member_is_fitted_on_macro_f1(caplog):
+    """Rare classes: member A is right on every row but barely confident; member B is sharp on the common class
+    and wrong on every rare row. Log-loss weights favour B and lose the rare classes; the guard refits on macro-F1."""
+    y = np.array([0] * 400 + [1, 2, 3, 4] * 10)
+    a = np.full((len(y), 5), 0.1875)
+    a[np.arange(len(y)), y] = 0.25
+    b = np.full((len(y), 5), 0.0125)
+    b[y == 0] = [0.99, 0.0025, 0.0025, 0.0025, 0.0025]
+    b[y > 0, 0], b[np.flatnonzero(y > 0), y[y > 0]] = 0.9, 0.05
+    f1 = lambda w: classification_metrics(y, a * w[0] + b * w[1] + w[2] / 5)["macro_f1"]  # noqa: E731
+    assert f1(ensemble_weights([a, b], y, "log_loss")) < 0.5  # the scenario: log-loss alone loses the rare classes
+    weights, fitted_on = guarded_weights([a, b], y, "log_loss", 25)
+    assert fitted_on == "macro_f1" and f1(weights) == 1.0 and "below its best member's" in caplog.text
+    kept, fitted_on = guarded_weights([a, a], y, "log_loss", 25)  # nothing to guard: the log-loss fit stays
+    assert fitted_on == "log_loss" and (kept == ensemble_weights([a, a], y, "log_loss")).all()
 
 
 def test_runs_with_other_folds_or_ids_are_refused(runs, tmp_path):

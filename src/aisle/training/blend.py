@@ -10,6 +10,7 @@ shaped like a run folder (``cv_summary.json``, ``ensemble/oof.csv``, ``label_map
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -35,10 +36,13 @@ __all__ = [
     "ensemble_weights",
     "fit_ensemble",
     "greedy_selection",
+    "guarded_weights",
     "read_member",
 ]
 
 BlendMetric = Literal["log_loss", "macro_f1"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,9 +117,7 @@ def ensemble_weights(
     Returns:
         Weights (M + 1,) summing to 1, the last for the uniform distribution.
     """
-    uniform = np.full(len(y), -np.log(probs[0].shape[1]))
-    live = [j for j, p in enumerate(probs) if _significant(_row_loglik(p, y) - uniform)]
-    live = live or [int(np.argmax([_score(p, y, metric) for p in probs]))]
+    live = _with_signal(probs, y) or [int(np.argmax([_score(p, y, metric) for p in probs]))]
     rng = np.random.default_rng(seed)
     bagged = np.zeros(len(live) + 1)
     for _ in range(bags):
@@ -127,6 +129,12 @@ def ensemble_weights(
     weights = np.zeros(len(probs) + 1)
     weights[live], weights[-1] = chosen[:-1], chosen[-1]
     return weights
+
+
+def _with_signal(probs: Sequence[np.ndarray], y: np.ndarray) -> list[int]:
+    """The members whose rows' log-likelihood beats the uniform distribution's by more than chance."""
+    uniform = np.full(len(y), -np.log(probs[0].shape[1]))
+    return [j for j, p in enumerate(probs) if _significant(_row_loglik(p, y) - uniform)]
 
 
 def _blend(probs: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -215,8 +223,36 @@ def fit_ensemble(
         for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
             m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
         calibrated = [rescale_probs(m.probs, m.scale) for m in members]
-        weights = ensemble_weights(calibrated, y, metric, rounds)
-        return _write(ens, members, weights, _blend(calibrated, weights), y, lm, metric)
+        weights, fitted_on = guarded_weights(calibrated, y, metric, rounds)
+        return _write(ens, members, weights, _blend(calibrated, weights), y, lm, (metric, fitted_on))
+
+
+def guarded_weights(
+    probs: Sequence[np.ndarray], y: np.ndarray, metric: BlendMetric, rounds: int
+) -> tuple[np.ndarray, BlendMetric]:
+    """Weights fitted on ``metric``; a log-loss blend whose out-of-fold macro-F1 is below its best member's (of
+    those with signal, see :func:`ensemble_weights`) is fitted again on macro-F1 (which keeps it at least at that
+    member's), so a blend never classifies worse than the best model in it. Many rare classes are where this happens: weights that minimise the log-loss give the
+    neural members, weak on rare classes, too much say in the argmax.
+
+    Returns:
+        The weights and the metric they were fitted on.
+    """
+    weights = ensemble_weights(probs, y, metric, rounds)
+    live = _with_signal(probs, y)
+    if metric != "log_loss" or not live:  # members without signal never set the bar (a lucky one would win it)
+        return weights, metric
+    best = max(_score(probs[j], y, "macro_f1") for j in live)
+    got = _score(_blend(probs, weights), y, "macro_f1")
+    if got >= best:
+        return weights, metric
+    log.warning(
+        "the log-loss blend's out-of-fold macro-F1 (%.4f) is below its best member's (%.4f): weights fitted on "
+        "macro-F1 instead",
+        got,
+        best,
+    )
+    return ensemble_weights(probs, y, "macro_f1", rounds), "macro_f1"
 
 
 def _write(
@@ -226,7 +262,7 @@ def _write(
     blend: np.ndarray,
     y: np.ndarray,
     lm: LabelMap,
-    metric: BlendMetric,
+    metrics: tuple[BlendMetric, BlendMetric],
 ) -> dict:
     """The ensemble folder: the first member's config, label map and folds, the blend's OOF, summary and spec."""
     ens.root.mkdir(parents=True, exist_ok=True)
@@ -242,7 +278,8 @@ def _write(
     ens.stage(ENSEMBLE_STAGE).mkdir(exist_ok=True)
     write_table(oof, ens.stage_oof(ENSEMBLE_STAGE))
     spec = {
-        "metric": metric,
+        "metric": metrics[0],  # asked for (a retrain asks again); fitted_on: what the weights were fitted on
+        "fitted_on": metrics[1],
         "uniform_weight": float(weights[-1]),
         "members": [
             {
