@@ -232,8 +232,9 @@ def guarded_weights(
 ) -> tuple[np.ndarray, BlendMetric]:
     """Weights fitted on ``metric``; a log-loss blend whose out-of-fold macro-F1 is below its best member's (of
     those with signal, see :func:`ensemble_weights`) is fitted again on macro-F1 (which keeps it at least at that
-    member's), so a blend never classifies worse than the best model in it. Many rare classes are where this happens: weights that minimise the log-loss give the
-    neural members, weak on rare classes, too much say in the argmax.
+    member's), so a blend never classifies worse than the best model in it. Many rare classes are where this
+    happens: weights that minimise the log-loss give the neural members, weak on rare classes, too much say in
+    the argmax.
 
     Returns:
         The weights and the metric they were fitted on.
