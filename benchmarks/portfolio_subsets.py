@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aisle.config import validate_config
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
-from aisle.training.blend import ensemble_weights, fit_ensemble, read_member
+from aisle.training.blend import fit_ensemble, guarded_weights, read_member
 from aisle.training.portfolio import run_portfolio
 from bench_lib import DATA, SHARED
 
@@ -82,12 +82,15 @@ def baseline_oof(df: pd.DataFrame, folds: pd.Series, attrs: bool) -> np.ndarray:
 
 
 def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Each fold's blend with calibration and weights fitted on the other folds' out-of-fold rows only."""
+    """Each fold's blend with calibration and weights fitted on the other folds' out-of-fold rows only (as the
+    preset fits them: log-loss, held to its best member's macro-F1)."""
     out = np.zeros_like(members[0].probs)
     for k in np.unique(folds):
         fit = folds != k
         scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-        w = ensemble_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
+        w, _ = guarded_weights(
+            [rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit], "log_loss", 25
+        )
         out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
         out[~fit] += w[-1] / out.shape[1]
     return out
@@ -144,6 +147,7 @@ def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = 
         "preset_oof": round(summary["ensemble"]["blend"]["macro_f1"], 4),
         **{m["name"]: round(m["oof"]["macro_f1"], 4) for m in summary["ensemble"]["members"]},
         "weights": {m["name"]: round(m["weight"], 3) for m in summary["ensemble"]["members"]},
+        "weights_fitted_on": summary["ensemble"].get("fitted_on", "log_loss"),
         "preset_seconds": None if seconds is None else round(seconds, 1),
         "baseline_seconds": round(base_s, 2),
     }
