@@ -182,6 +182,31 @@ def test_zero_shot_puts_a_product_with_a_class_texts_own_words_first_every_row_o
     assert sub["label"].tolist()[:4] == ["mugs", "lamps", "boots", "lamps"]
 
 
+def test_zero_shot_a_folder_of_images_with_a_dual_encoder_one_row_per_file(tmp_path):
+    """A folder of images (one folder down too) is classified as the same images named by an id table."""
+    from tests.conftest import write_image
+
+    colours = {"a": (200, 30, 30), "b": (30, 200, 30), "sub/c": (30, 30, 200)}
+    for name, colour in colours.items():
+        write_image(tmp_path / "photos" / f"{name}.png", colour, size=32)
+        write_image(tmp_path / "flat" / "images" / f"{name.replace('/', '_')}.png", colour, size=32)
+    (tmp_path / "photos" / "a.txt").write_text("a red thing")  # a text beside an image is its text
+    classes = ["red", "green", "blue"]
+    torch.manual_seed(0)  # the tiny model's random weights
+    pred = zero_shot("hf-clip:tiny", classes, tmp_path / "photos", ["a photo of {class_name}"], modality="both")
+    assert pred.ids.tolist() == ["a.png", "b.png", "sub/c.png"] and np.allclose(pred.probs.sum(1), 1)
+    rows = [{"id": n.replace("/", "_"), "text": "a red thing" if n == "a" else ""} for n in colours]
+    torch.manual_seed(0)
+    by_table = zero_shot(
+        "hf-clip:tiny",
+        classes,
+        write_csv(tmp_path / "flat" / "t.csv", rows),
+        ["a photo of {class_name}"],
+        modality="both",
+    )
+    np.testing.assert_allclose(pred.probs, by_table.probs, atol=1e-5)
+
+
 def test_zero_shot_python_api_and_a_text_tower_refuses_images(tmp_path):
     from aisle import zero_shot as api_zero_shot
 

@@ -17,7 +17,7 @@ def zero_shot(
         typer.Option(help="A dual encoder (open_clip:, hf-clip:, hf-siglip:) or a text tower (hf:/path/to/MiniLM)."),
     ],
     classes: Annotated[Path, typer.Option(help="JSON: a list of class names or {class: description(s)}.")],
-    data: Annotated[Path, typer.Option(help="Products table to classify.")],
+    data: Annotated[Path, typer.Option(help="Products table, or a folder of images (ids: their paths), to classify.")],
     template: Annotated[
         list[str] | None,
         typer.Option("--template", help="Class text template, e.g. 'a photo of a {class_name}' (repeatable)."),
