@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aisle.cli import main
 from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
 from aisle.evaluation.calibration import rescale_probs
 from aisle.evaluation.compare import run_row
-from aisle.evaluation.metrics import classification_metrics
+from aisle.evaluation.metrics import classification_metrics, macro_f1
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
@@ -166,3 +168,20 @@ def test_the_ensemble_predicts_and_reports_like_a_run(runs, tmp_path, capsys):
     assert write_report(ens).is_file()
     row = run_row(ens)
     assert row["model"] == "ensemble" and row["towers"].startswith(("svm", "lr"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 60), st.integers(0, 10_000))
+def test_macro_f1_from_counts_equals_scikit_learns(n_classes, n_rows, seed):
+    """The blend's fast macro-F1 is the one the reports show: scikit-learn's, over the classes present in y."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    y, pred = rng.integers(-1, n_classes, n_rows), rng.integers(0, n_classes, n_rows)
+    keep = y >= 0
+    want = (
+        f1_score(y[keep], pred[keep], average="macro", labels=np.unique(y[keep]), zero_division=0)
+        if keep.any()
+        else 0.0
+    )
+    assert macro_f1(y, pred) == pytest.approx(want, abs=1e-12)

@@ -24,7 +24,7 @@ import pandas as pd
 from aisle.data.folds import TRAIN_ONLY
 from aisle.data.labels import LabelMap
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
-from aisle.evaluation.metrics import classification_metrics
+from aisle.evaluation.metrics import classification_metrics, macro_f1
 from aisle.locking import hold_run_dir
 from aisle.rundir import ENSEMBLE_STAGE, RunDir
 from aisle.serialization import read_json, write_json
@@ -60,7 +60,7 @@ class Member:
 def _score(probs: np.ndarray, y: np.ndarray, metric: BlendMetric) -> float:
     """Higher is better: macro-F1, or the negative log-loss."""
     if metric == "macro_f1":
-        return classification_metrics(y, probs)["macro_f1"]
+        return macro_f1(y, probs.argmax(1))
     return float(_row_loglik(probs, y).mean())
 
 
