@@ -19,34 +19,21 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aisle.data.labels import LabelMap
-from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
 from aisle.pseudo_rounds import round_dir
 from aisle.serialization import read_json
 from aisle.tables import read_numeric_table
-from aisle.training.blend import Member, ensemble_weights, guarded_weights, read_member
+from aisle.training.blend import ensemble_weights, guarded_weights, read_member
+from portfolio_subsets import cross_fitted_blend
 
 WAYS = {
     "log_loss only": lambda p, y: ensemble_weights(p, y, "log_loss"),
     "guarded": lambda p, y: guarded_weights(p, y, "log_loss", 25)[0],
 }
-
-
-def cross_fitted(members: list[Member], y: np.ndarray, fit_weights) -> np.ndarray:
-    """Each fold's rows blended with calibration and weights fitted on the other folds' rows."""
-    out, folds = np.zeros_like(members[0].probs), members[0].folds
-    for k in np.unique(folds):
-        fit = folds != k
-        scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-        w = fit_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
-        out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
-        out[~fit] += w[-1] / out.shape[1]
-    return out
 
 
 def score_round(run: Path) -> dict:
@@ -58,7 +45,7 @@ def score_round(run: Path) -> dict:
         "members_oof_macro_f1": {m.name: round(f1_score(y, m.probs.argmax(1), average="macro"), 4) for m in members}
     }
     for way, fit_weights in WAYS.items():
-        pred = cross_fitted(members, y, fit_weights).argmax(1)
+        pred = cross_fitted_blend(members, y, members[0].folds, fit_weights).argmax(1)
         row[way] = {
             "cross_fitted_macro_f1": round(f1_score(y, pred, average="macro"), 4),
             "cross_fitted_acc": round(accuracy_score(y, pred), 4),

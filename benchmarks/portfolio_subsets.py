@@ -81,16 +81,19 @@ def baseline_oof(df: pd.DataFrame, folds: pd.Series, attrs: bool) -> np.ndarray:
     return pred
 
 
-def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Each fold's blend with calibration and weights fitted on the other folds' out-of-fold rows only (as the
-    preset fits them: log-loss, held to its best member's macro-F1)."""
+def _preset_weights(probs, y: np.ndarray) -> np.ndarray:
+    """The preset's blend weights: log-loss, held to its best member's macro-F1."""
+    return guarded_weights(probs, y, "log_loss", 25)[0]
+
+
+def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray, fit_weights=_preset_weights) -> np.ndarray:
+    """Each fold's blend with calibration and weights (``fit_weights(probs, y)``, default the preset's) fitted on
+    the other folds' out-of-fold rows only."""
     out = np.zeros_like(members[0].probs)
     for k in np.unique(folds):
         fit = folds != k
         scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-        w, _ = guarded_weights(
-            [rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit], "log_loss", 25
-        )
+        w = fit_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
         out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
         out[~fit] += w[-1] / out.shape[1]
     return out

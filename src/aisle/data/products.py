@@ -31,6 +31,7 @@ __all__ = [
     "load_products",
     "products_from_frame",
     "read_class_folder",
+    "read_image_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,12 @@ def load_products(
     )
 
 
+def _sidecar_text(image: Path) -> str:
+    """The text of a ``<stem>.txt`` beside an image ("" when there is none)."""
+    side = image.with_suffix(".txt")
+    return side.read_text(errors="replace").strip() if side.is_file() else ""
+
+
 def image_folder_frame(root: str | Path) -> pd.DataFrame:
     """A folder of images to predict, as a table: one row per image file directly in ``root`` or one folder
     down (a class tree works too), its id the file's path inside ``root`` (``shirts/a1.jpg``: unique, and the
@@ -233,17 +240,27 @@ def image_folder_frame(root: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"image folder {r} does not exist")
     rows = []
     for path in sorted(image_files(r), key=natural_key):
-        f = Path(path)
-        side = f.with_suffix(".txt")
-        text = side.read_text(errors="replace").strip() if side.is_file() else ""
-        rel = f.relative_to(r).as_posix()
-        rows.append({"id": rel, "text": text, "image": rel})
+        rel = Path(path).relative_to(r).as_posix()
+        rows.append({"id": rel, "text": _sidecar_text(Path(path)), "image": rel})
     if not rows:
         raise ValueError(
             f"{r} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or one folder down: pass a "
             f"products table (--data TABLE) or a folder of images"
         )
     return pd.DataFrame(rows)
+
+
+def read_image_folder(root: str | Path, cfg: DataConfig) -> Products:
+    """A folder of images to predict (:func:`image_folder_frame`) as products; ``cfg`` says which text columns
+    are read (``text``, or none) and how, the folder's layout sets the rest.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no image files in it.
+    """
+    layout = {"id_col": "id", "label_col": None, "image_col": "image", "image_dir": None}
+    folder_cfg = cfg.model_copy(update=layout)
+    return products_from_frame(image_folder_frame(root), folder_cfg, root, source=str(root))
 
 
 def read_class_folder(root: str | Path, cfg: DataConfig) -> Products:
@@ -263,13 +280,11 @@ def read_class_folder(root: str | Path, cfg: DataConfig) -> Products:
     for class_dir in sorted(d for d in r.iterdir() if d.is_dir()):
         for f in sorted(class_dir.iterdir()):
             if f.suffix.lower() in IMAGE_EXTENSIONS:
-                side = f.with_suffix(".txt")
-                text = side.read_text(errors="replace").strip() if side.is_file() else ""
                 rows.append(
                     {
                         "id": f"{class_dir.name}/{f.stem}",
                         "label": class_dir.name,
-                        "text": text,
+                        "text": _sidecar_text(f),
                         "image": str(f.relative_to(r)),
                     }
                 )

@@ -24,7 +24,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, f
     return {
         "acc": float(accuracy_score(y, pred)),
         "top3": float((top3 == y[:, None]).any(1).mean()),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
+        "macro_f1": macro_f1(y, pred),
         "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
         "macro_precision": float(precision_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
         "macro_recall": float(recall_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
@@ -33,8 +33,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, f
 
 def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     """Macro-F1 over the classes present in ``y`` (scikit-learn's ``f1_score(average="macro", labels=np.unique(y),
-    zero_division=0)``, which :func:`classification_metrics` reports) from counts: cheap enough to score a blend
-    thousands of times while its weights are fitted.
+    zero_division=0)``) from counts: cheap enough to score a blend thousands of times while its weights are fitted.
 
     Args:
         y: class indices (N,); rows with -1 (unseen/unlabelled) are left out, as in :func:`classification_metrics`.

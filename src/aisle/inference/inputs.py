@@ -9,7 +9,7 @@ import pandas as pd
 
 from aisle.config import MODEL_TOWERS, AisleConfig
 from aisle.data.labels import LabelMap
-from aisle.data.products import Products, find_image_dir, image_folder_frame, load_products, products_from_frame
+from aisle.data.products import Products, find_image_dir, load_products, products_from_frame, read_image_folder
 from aisle.rundir import RunDir
 from aisle.serialization import read_json
 from aisle.tables import read_table
@@ -130,12 +130,12 @@ def read_products(
 
 
 def _image_folder(rd: RunDir, cfg: AisleConfig, folder: Path, allow_missing_text: bool) -> Products:
-    """A folder of images (and ``<stem>.txt`` texts) read as a table: one row per image file, id = its path."""
-    df = image_folder_frame(folder)
-    data_cfg = _trained_cfg(rd, cfg, df, allow_missing_text, str(folder))
-    data_cfg = data_cfg.model_copy(update={"id_col": "id", "label_col": None, "image_col": "image", "image_dir": None})
-    log.info("%s: a folder of images, %d file(s) to predict (ids are their paths in it)", folder, len(df))
-    return products_from_frame(df, data_cfg, folder, source=str(folder))
+    """A folder of images (and ``<stem>.txt`` texts), one product per image file, read with the run's text
+    columns (``text``: the folder's only one)."""
+    header = pd.DataFrame(columns=["id", "text", "image"])  # the columns image_folder_frame gives
+    products = read_image_folder(folder, _trained_cfg(rd, cfg, header, allow_missing_text, str(folder)))
+    log.info("%s: a folder of images, %d file(s) to predict (ids are their paths in it)", folder, len(products))
+    return products
 
 
 def check_images(has_image: bool, n: int, source: str, allow_missing_images: bool) -> None:

@@ -18,7 +18,7 @@ from aisle.config import DataConfig
 from aisle.data.class_texts import read_class_texts, render_class_texts
 from aisle.data.labels import LabelMap
 from aisle.data.loaders import LoaderOptions, build_loader
-from aisle.data.products import Products, image_folder_frame, load_products, products_from_frame
+from aisle.data.products import Products, load_products, products_from_frame, read_image_folder
 from aisle.inference.inputs import check_images
 from aisle.inference.predict import Prediction, mean_softmax
 from aisle.models.base import Tower, parse_tower_name
@@ -91,9 +91,8 @@ def create_zero_shot_model(
 
 def _products(data: str | Path | pd.DataFrame, cfg: DataConfig, image_dir: str | Path | None) -> Products:
     if not isinstance(data, pd.DataFrame) and Path(data).is_dir():  # a folder of images: one row per file
-        columns = {"id_col": "id", "label_col": None, "text_cols": ["text"], "image_col": "image"}
-        folder_cfg = cfg.model_copy(update={**columns, "attribute_cols": None, "text_prefixes": {}})
-        return products_from_frame(image_folder_frame(data), folder_cfg, data, source=str(data))
+        texts: dict[str, object] = {"text_cols": ["text"], "attribute_cols": None, "text_prefixes": {}}
+        return read_image_folder(data, cfg.model_copy(update=texts))
     if isinstance(data, pd.DataFrame):
         root = Path(cfg.data_root or ".")
         return products_from_frame(data, cfg, root, image_dir or cfg.image_dir, source="DataFrame")
