@@ -250,9 +250,12 @@ def image_folder_frame(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_image_folder(root: str | Path, cfg: DataConfig) -> Products:
+def read_image_folder(root: str | Path, cfg: DataConfig, frame: pd.DataFrame | None = None) -> Products:
     """A folder of images to predict (:func:`image_folder_frame`) as products; ``cfg`` says which text columns
     are read (``text``, or none) and how, the folder's layout sets the rest.
+
+    Args:
+        frame: the folder's table, already read by :func:`image_folder_frame` (not read again).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -260,7 +263,8 @@ def read_image_folder(root: str | Path, cfg: DataConfig) -> Products:
     """
     layout = {"id_col": "id", "label_col": None, "image_col": "image", "image_dir": None}
     folder_cfg = cfg.model_copy(update=layout)
-    return products_from_frame(image_folder_frame(root), folder_cfg, root, source=str(root))
+    df = image_folder_frame(root) if frame is None else frame
+    return products_from_frame(df, folder_cfg, root, source=str(root))
 
 
 def read_class_folder(root: str | Path, cfg: DataConfig) -> Products:

@@ -9,7 +9,14 @@ import pandas as pd
 
 from aisle.config import MODEL_TOWERS, AisleConfig
 from aisle.data.labels import LabelMap
-from aisle.data.products import Products, find_image_dir, load_products, products_from_frame, read_image_folder
+from aisle.data.products import (
+    Products,
+    find_image_dir,
+    image_folder_frame,
+    load_products,
+    products_from_frame,
+    read_image_folder,
+)
 from aisle.rundir import RunDir
 from aisle.serialization import read_json
 from aisle.tables import read_table
@@ -132,8 +139,9 @@ def read_products(
 def _image_folder(rd: RunDir, cfg: AisleConfig, folder: Path, allow_missing_text: bool) -> Products:
     """A folder of images (and ``<stem>.txt`` texts), one product per image file, read with the run's text
     columns (``text``: the folder's only one)."""
-    header = pd.DataFrame(columns=["id", "text", "image"])  # the columns image_folder_frame gives
-    products = read_image_folder(folder, _trained_cfg(rd, cfg, header, allow_missing_text, str(folder)))
+    df = image_folder_frame(folder)
+    source = f"{folder} (a folder of images, whose only text is a <stem>.txt beside an image)"
+    products = read_image_folder(folder, _trained_cfg(rd, cfg, df, allow_missing_text, source), frame=df)
     log.info("%s: a folder of images, %d file(s) to predict (ids are their paths in it)", folder, len(products))
     return products
 
