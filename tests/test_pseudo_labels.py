@@ -75,7 +75,8 @@ def test_the_table_holds_the_runs_confident_predictions(base, tmp_path):
     assert np.allclose(soft, pred.probs[keep], atol=1e-6)
     test = pd.read_csv(cat / "test.csv", dtype=str).set_index("id")
     assert table["title"].tolist() == test.loc[table["id"], "title"].tolist()
-    assert all(Path(p).is_file() for p in table["image_paths"].dropna())
+    paths = [p for ps in table["image_paths"].dropna() for p in ps.split(";")]  # several images: ";"-joined
+    assert paths and all(Path(p).is_file() for p in paths), [p for p in paths if not Path(p).is_file()]
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["rows"] == int(keep.sum()) and settings["threshold"] == threshold
 

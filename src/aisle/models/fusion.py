@@ -41,19 +41,33 @@ class TowerLogits(_Fusion):
 
 @FUSIONS.register("concat")
 class ConcatFusion(_Fusion):
-    """Normalise each tower's features on its own, concatenate, then the MLP head.
+    """Normalise each tower's features on its own, weigh the towers alike, concatenate, then the MLP head.
 
     Per-tower LayerNorm matters: towers' feature scales differ by orders of magnitude (a CNN's pooled
     activations vs a sentence embedding), and one joint normalisation lets the larger one drown the other.
+    After it every feature has unit scale, so a wider tower still brings more squared norm into the head (1,280
+    image features vs 384 text ones: 3.3x); each tower is scaled by ``sqrt(mean width / its width)`` so that each
+    brings the same. On small catalogues the unscaled head fitted the wide, weaker image features and lost to
+    text alone; the scaled one does not (``benchmarks/fusion_study.py``, README "Why fusion lost").
     """
+
+    tower_scale: torch.Tensor  # (towers,), a buffer saved with the weights
 
     def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
         super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
+        width = torch.tensor(dims, dtype=torch.float32)
+        self.register_buffer("tower_scale", (width.mean() / width).sqrt())
         self.head = mlp_head(sum(dims), num_classes, hidden, dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.head(torch.cat([n(f) for n, f in zip(self.norms, feats)], dim=-1)), []
+        parts = [n(f) * self.tower_scale[i] for i, (n, f) in enumerate(zip(self.norms, feats))]
+        return self.head(torch.cat(parts, dim=-1)), []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before the towers were scaled hold no tower_scale: they were trained (and predict) unscaled
+        state_dict.setdefault(prefix + "tower_scale", torch.ones_like(self.tower_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @FUSIONS.register("sum")
