@@ -81,12 +81,24 @@ def baseline_oof(df: pd.DataFrame, folds: pd.Series, attrs: bool) -> np.ndarray:
     return pred
 
 
-def _preset_weights(probs, y: np.ndarray) -> np.ndarray:
+def data_section(train_csv: Path, attrs: bool, seed: int) -> dict:
+    """A subset's data section: its table, fashion-products' images, title (+ attributes) text, 5 folds."""
+    return {
+        "train_csv": str(train_csv),
+        "image_dir": str(DATA / "images"),
+        "text_cols": ["title"],
+        "attribute_cols": ATTRIBUTES if attrs else None,
+        "folds": 5,
+        "seed": seed,
+    }
+
+
+def preset_weights(probs, y: np.ndarray) -> np.ndarray:
     """The preset's blend weights: log-loss, held to its best member's macro-F1."""
     return guarded_weights(probs, y, "log_loss", 25)[0]
 
 
-def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray, fit_weights=_preset_weights) -> np.ndarray:
+def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray, fit_weights=preset_weights) -> np.ndarray:
     """Each fold's blend with calibration and weights (``fit_weights(probs, y)``, default the preset's) fitted on
     the other folds' out-of-fold rows only."""
     out = np.zeros_like(members[0].probs)
@@ -119,14 +131,7 @@ def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = 
     raw = {
         "name": "preset",
         "output_dir": str(sub),
-        "data": {
-            "train_csv": str(sub / "train.csv"),
-            "image_dir": str(DATA / "images"),
-            "text_cols": ["title"],
-            "attribute_cols": ATTRIBUTES if attrs else None,
-            "folds": 5,
-            "seed": seed,
-        },
+        "data": data_section(sub / "train.csv", attrs, seed),
         "runtime": {"num_workers": 2, "cache_dir": str(work / "cache")},
     }
     summary, seconds = _train_or_reblend(raw, sub / "preset", reuse, previous or {})
