@@ -45,6 +45,18 @@ def test_presets_name_their_members():
     assert hub == "hf:sentence-transformers/all-MiniLM-L6-v2" and local == "hf:/m/all-MiniLM-L6-v2"
 
 
+def test_the_heads_weigh_rare_classes_up_unless_the_user_says_otherwise(tmp_path):
+    from aisle.config import validate_config
+    from aisle.rundir import RunDir
+
+    def weights(train: dict) -> dict[str, str]:
+        base = validate_config({"data": {"train_csv": "t.csv"}, "train": train})
+        return {m.name: m.config(base, RunDir(tmp_path)).train.class_weights for m in PRESETS.create("cpu")}
+
+    assert weights({}) == {"linear": "none", "text": "inverse_sqrt", "image": "inverse_sqrt", "fusion": "inverse_sqrt"}
+    assert set(weights({"class_weights": "none"}).values()) == {"none"}
+
+
 @pytest.mark.slow
 def test_cpu_preset_trains_blends_and_predicts_with_one_call(tmp_path, models_dir):
     write_demo_catalogue(tmp_path / "cat", n_train=60, n_test=12, seed=9, image_size=32)
