@@ -77,7 +77,8 @@ def _members() -> dict[str, dict[str, Any]]:
 
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Name -> (preset member it starts from, model keys changed)."""
+    """Name -> (preset member it starts from, model keys changed). Each trains without class weights;
+    ``<name>_cw``: the same with ``train.class_weights: inverse_sqrt`` (the preset's heads' now)."""
     return {
         "linear": ("linear", {}),
         "text": ("text", {}),
@@ -110,18 +111,19 @@ def unscaled(on: bool):
 
 
 def run_variant(name: str, df: pd.DataFrame, attrs: bool, work: Path, seed: int) -> dict:
-    member, changes = variants()[name]
+    weighted = name.endswith("_cw")
+    member, changes = variants()[name.removesuffix("_cw")]
     base = _members()[member]
     raw = {
         "name": name,
         "output_dir": str(work),
         "data": data_section(work / "train.csv", attrs, seed),
         "model": {**base["model"], **changes},
-        "train": {**base["train"], "stages": []},
+        "train": {**base["train"], "stages": [], "class_weights": "inverse_sqrt" if weighted else "none"},
         "runtime": {"num_workers": 0, "cache_dir": str(work.parent / "cache")},
     }
     t0 = time.perf_counter()
-    with unscaled(name == "concat_unscaled"):
+    with unscaled(name.startswith("concat_unscaled")):
         run_cv(validate_config(raw), work / name, overwrite=True)
     return {"oof": _oof_f1(work / name), "s": time.perf_counter() - t0}
 
@@ -151,8 +153,7 @@ def run_subset(name: str, chosen: list[str], work: Path, stack: bool = True) -> 
 
     base = baseline_oof(df, folds.reset_index(drop=True), attrs)
     row["tfidf_linearsvc"] = round(float(f1_score(df["categories"], base, average="macro")), 4)
-    if all(n in chosen for names, _ in BLENDS.values() for n in names):
-        row.update(blends(sub, stack))
+    row.update(blends(sub, chosen, stack))
     print(json.dumps(row), flush=True)
     return row
 
@@ -210,16 +211,18 @@ BLENDS = {  # name -> (members, combiner)
     "blend_concat_unscaled": (["linear", "text", "image", "concat_unscaled"], "weights"),
     "blend_concat_prior": (["linear", "text", "image", "concat"], "prior"),
     "stack_concat": (["linear", "text", "image", "concat"], "stack"),
+    "blend_cw": (["linear", "text_cw", "image_cw", "concat_cw"], "weights"),
 }
 
 
-def blends(sub: Path, stack: bool = True) -> dict:
-    """Cross-fitted weighted blends (the preset's) and stacking of the members already trained under ``sub``."""
+def blends(sub: Path, chosen: list[str], stack: bool = True) -> dict:
+    """Cross-fitted weighted blends (the preset's) and stacking of the members trained under ``sub`` (those of
+    ``BLENDS`` whose members are all ``chosen``)."""
     from sklearn.metrics import f1_score
 
     out = {}
     for key, (names, how) in BLENDS.items():
-        if how == "stack" and not stack:
+        if (how == "stack" and not stack) or not set(names) <= set(chosen):
             continue
         members = [read_member(sub / n, n) for n in names]
         lm = LabelMap.load(members[0].rd.label_map)
@@ -234,7 +237,7 @@ def main() -> None:
     names = [f"random{i}" for i in range(len(SUBSETS))] + list(LOOK_ALIKE)
     ap = argparse.ArgumentParser()
     ap.add_argument("--subsets", nargs="*", default=names)
-    ap.add_argument("--variants", nargs="*", default=list(variants()))
+    ap.add_argument("--variants", nargs="*", default=list(variants()), help="and <variant>_cw (class weights)")
     ap.add_argument("--keep", type=Path, default=Path("/tmp/aisle-fusion-study"))
     ap.add_argument("--no-stack", action="store_true", help="leave stacking out (slow with many classes)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fusion_study.json")
