@@ -39,14 +39,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aisle.config import validate_config
 from aisle.data.labels import LabelMap
-from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
+from aisle.evaluation.calibration import rescale_probs
 from aisle.models.fusion import ConcatFusion
 from aisle.rundir import RunDir
 from aisle.training.blend import read_member
 from aisle.training.cv import run_cv
 from aisle.training.portfolio import cpu_preset
 from bench_lib import DATA, SHARED, stratified_subset
-from portfolio_subsets import SUBSETS, baseline_oof, cross_fitted_blend, data_section, make_subset, preset_weights
+from portfolio_subsets import (
+    SUBSETS,
+    baseline_oof,
+    calibration_scales,
+    cross_fitted_blend,
+    data_section,
+    fitted_blend,
+    make_subset,
+)
 
 LOOK_ALIKE = {
     "shoes": (["Casual Shoes", "Sports Shoes", "Formal Shoes", "Heels", "Flats", "Sandals", "Flip Flops"], False),
@@ -166,7 +174,7 @@ def stacked(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     out = np.zeros_like(members[0].probs)
     for k in np.unique(folds):
         fit = folds != k
-        scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
+        scales = calibration_scales(members, y, fit)
 
         def x(rows, scales=scales):
             return np.hstack(
@@ -181,14 +189,6 @@ def stacked(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
 PRIOR_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _blend(members, y: np.ndarray, fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The preset's blend of ``rows``, its calibration and weights fitted on the ``fit`` rows."""
-    scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-    w = preset_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
-    blend = sum(wi * rescale_probs(m.probs[rows], s) for wi, m, s in zip(w, members, scales))
-    return np.asarray(blend) + w[-1] / members[0].probs.shape[1]
-
-
 def prior_adjusted(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """The preset's blend with logit adjustment (Menon et al., 2021), cross-fitted: per fold, the blend is divided
     by the class priors to a power chosen among ``PRIOR_POWERS`` for macro-F1 on the other folds' rows."""
@@ -197,11 +197,11 @@ def prior_adjusted(members, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     out = np.zeros_like(members[0].probs)
     for k in np.unique(folds):
         fit = folds != k
-        inner = _blend(members, y, fit, fit)
+        inner = fitted_blend(members, y, fit, fit)
         prior = np.clip(np.bincount(y[fit], minlength=out.shape[1]) / fit.sum(), 1e-6, None)
         best = max(PRIOR_POWERS, key=lambda a: (macro_f1(y[fit], (inner / prior**a).argmax(1)), -a))
         print(f"  fold {k}: prior power {best}", flush=True)
-        out[~fit] = _blend(members, y, fit, ~fit) / prior**best
+        out[~fit] = fitted_blend(members, y, fit, ~fit) / prior**best
     return out
 
 

@@ -98,16 +98,25 @@ def preset_weights(probs, y: np.ndarray) -> np.ndarray:
     return guarded_weights(probs, y, "log_loss", 25)[0]
 
 
+def calibration_scales(members, y: np.ndarray, fit: np.ndarray) -> list[float]:
+    """Each member's calibration (as the preset fits it) on the ``fit`` rows."""
+    return [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
+
+
+def fitted_blend(members, y: np.ndarray, fit: np.ndarray, rows: np.ndarray, fit_weights=preset_weights) -> np.ndarray:
+    """The blend of ``rows``, its calibration and weights (``fit_weights(probs, y)``) fitted on the ``fit`` rows."""
+    scales = calibration_scales(members, y, fit)
+    w = fit_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
+    blend = sum(wi * rescale_probs(m.probs[rows], s) for wi, m, s in zip(w, members, scales))
+    return np.asarray(blend) + w[-1] / members[0].probs.shape[1]
+
+
 def cross_fitted_blend(members, y: np.ndarray, folds: np.ndarray, fit_weights=preset_weights) -> np.ndarray:
     """Each fold's blend with calibration and weights (``fit_weights(probs, y)``, default the preset's) fitted on
     the other folds' out-of-fold rows only."""
     out = np.zeros_like(members[0].probs)
     for k in np.unique(folds):
-        fit = folds != k
-        scales = [fit_logit_scale(np.log(np.clip(m.probs[fit], 1e-15, None)), y[fit], 0.05, 20.0) for m in members]
-        w = fit_weights([rescale_probs(m.probs[fit], s) for m, s in zip(members, scales)], y[fit])
-        out[~fit] = sum(wi * rescale_probs(m.probs[~fit], s) for wi, m, s in zip(w, members, scales))
-        out[~fit] += w[-1] / out.shape[1]
+        out[folds == k] = fitted_blend(members, y, folds != k, folds == k, fit_weights)
     return out
 
 
