@@ -6,7 +6,8 @@ for every system. The towers are the cpu preset's (EfficientNet-Lite0 224 px and
 Subsets: the five random ones of ``portfolio_subsets.py`` and subsets of look-alike classes (shoes, tops, bottoms,
 bags), titles only or titles + attributes; and ``rare6k``, a 6,000-row stratified subset of all 84 classes.
 
-Variants: the preset's members (linear, text, image, fusion = concat with the towers scaled alike), the concat head
+Variants: the preset's members (linear: TF-IDF + frozen image features, ``linear_text``: TF-IDF alone, as the
+preset's linear member was before; text, image, fusion = concat with the towers scaled alike), the concat head
 as it was before that scaling (``concat_unscaled``: the same model with every tower's scale 1), other fusions (late,
 late + per-tower losses, gated) and smaller or more regularised heads. Then, per subset, the preset's honest blend
 (weights cross-fitted, see ``portfolio_subsets.cross_fitted_blend``) of linear + text + image + each fusion, and
@@ -16,6 +17,8 @@ Usage:
   .venv/bin/python benchmarks/fusion_study.py        # the nine subsets, every variant (~35 min on 2 CPU cores)
   .venv/bin/python benchmarks/fusion_study.py --subsets rare6k --variants linear text image concat concat_unscaled \
       --no-stack --out benchmarks/results/fusion_study_rare.json   # 6,000 rows, 84 classes (~12 min)
+  .venv/bin/python benchmarks/fusion_study.py --variants linear linear_text text_cw image_cw concat_cw --no-stack \
+      --out benchmarks/results/fusion_study_linear_image.json   # the linear member with image features (~20 min)
 Writes benchmarks/results/fusion_study.json (or --out).
 """
 
@@ -88,7 +91,8 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Name -> (preset member it starts from, model keys changed). Each trains without class weights;
     ``<name>_cw``: the same with ``train.class_weights: inverse_sqrt`` (the preset's heads' now)."""
     return {
-        "linear": ("linear", {}),
+        "linear": ("linear", {}),  # the preset's: TF-IDF + the frozen image features, their weight chosen per fold
+        "linear_text": ("linear", {"image": None, "image_size": None}),  # the preset's before: TF-IDF alone
         "text": ("text", {}),
         "image": ("image", {}),
         "concat": ("fusion", {}),
@@ -211,7 +215,8 @@ BLENDS = {  # name -> (members, combiner)
     "blend_concat_unscaled": (["linear", "text", "image", "concat_unscaled"], "weights"),
     "blend_concat_prior": (["linear", "text", "image", "concat"], "prior"),
     "stack_concat": (["linear", "text", "image", "concat"], "stack"),
-    "blend_cw": (["linear", "text_cw", "image_cw", "concat_cw"], "weights"),
+    "blend_cw": (["linear", "text_cw", "image_cw", "concat_cw"], "weights"),  # the preset now
+    "blend_cw_linear_text": (["linear_text", "text_cw", "image_cw", "concat_cw"], "weights"),  # the preset before
 }
 
 

@@ -101,7 +101,7 @@ def test_logits_head_passes_a_tfidf_towers_logits_through():
     model = ProductClassifier(None, text, num_classes=5, fusion="logits")
     batch = _batch(8, tokenize=text.tokenize)
     assert torch.equal(model(batch)["logits"], text(batch))
-    with pytest.raises(ValueError, match="one tower of 5 outputs"):
+    with pytest.raises(ValueError, match="a tower of 5 outputs"):
         ProductClassifier(None, TEXT_TOWERS.create("tfidf", "word1-2", texts=TEXTS, num_outputs=3), 5, "logits")
 
 

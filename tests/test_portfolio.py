@@ -4,6 +4,7 @@ saved offline under the preset's folder names stand in for the pretrained ones).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -89,7 +90,28 @@ def test_cpu_preset_trains_blends_and_predicts_with_one_call(tmp_path, models_di
     assert [m["name"] for m in spec["members"]] == ["linear", "text", "image", "fusion"]
     folds = [pd.read_csv(run / "members" / m / "folds.csv", dtype=str) for m in ("linear", "text", "image", "fusion")]
     assert all(f.equals(folds[0]) for f in folds), "every member trains on the same folds"
+    linear = yaml.safe_load((run / "members" / "linear" / "config.yaml").read_text())["model"]
+    assert linear["image"]["name"].endswith("tf_efficientnet_lite0") and linear["image"]["trainable"] is False
+    chosen = json.loads((run / "members" / "linear" / "main" / "fold_0" / "best.json").read_text())["image_weight"]
+    assert chosen in (0.0, 0.25, 0.5, 1.0, 2.0)
     assert main(["-q", "predict", str(run)]) == 0
     sub = pd.read_csv(run / "predictions" / "submission.csv", dtype=str)
     assert list(sub["id"]) == list(pd.read_csv(tmp_path / "cat" / "test.csv", dtype=str)["id"])
     assert main(args) == 2, "a finished portfolio is not overwritten silently"
+
+
+def test_without_images_the_linear_member_reads_text_alone(tmp_path, models_dir):
+    write_demo_catalogue(tmp_path / "cat", n_train=60, n_test=0, seed=9, image_size=32)
+    shutil.rmtree(tmp_path / "cat" / "images")
+    cfg = {
+        "data": {"train_csv": str(tmp_path / "cat" / "train.csv"), "folds": 2},
+        "runtime": {"num_workers": 0, "cache_dir": str(tmp_path / "cache")},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "pf"
+    args = ["-q", "train", "-c", str(tmp_path / "cfg.yaml"), "--preset", "cpu", "--models-dir", str(models_dir)]
+    assert main([*args, "--run-dir", str(run), "--set", "train.epochs=1"]) == 0
+    spec = json.loads((run / "ensemble.json").read_text())
+    assert [m["name"] for m in spec["members"]] == ["linear", "text"]
+    linear = yaml.safe_load((run / "members" / "linear" / "config.yaml").read_text())["model"]
+    assert linear["type"] == "linear" and linear.get("image") is None

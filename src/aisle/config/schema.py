@@ -52,6 +52,9 @@ class LinearModelConfig(_Section):
     C: float = Field(default=1.0, gt=0)  # inverse regularisation strength
     sublinear_tf: bool = True  # 1 + log(tf)
     min_df: int = Field(default=1, ge=1)  # an n-gram counts when this many training texts hold it
+    # with model.image: the weight of the frozen image features (L2-normalised) beside the TF-IDF rows; None: chosen
+    # per fold by an inner CV on its training rows (0, i.e. text only, is one of the choices)
+    image_weight: float | None = Field(default=None, ge=0)
 
 
 def _text_tower_kind(value: Any) -> str:
@@ -75,6 +78,8 @@ MODEL_TOWERS: dict[str, dict[str, str]] = {
     "dual": {"image_encoder": "dual", "text_encoder": "dual"},
     "linear": {"text_encoder": "linear"},
 }
+# towers a model type may have besides those: a linear model reads a frozen image tower's features when given one
+OPTIONAL_TOWERS: dict[str, dict[str, str]] = {"linear": {"image_encoder": "image"}}
 # every tower section; the tower-name prefixes each takes are checked by ``aisle.models.check_tower_names``
 TOWER_SECTIONS = ("image", "text", "dual", "linear")
 _SECTION_CLASSES: dict[str, type[_Section]] = {
@@ -140,8 +145,9 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _towers_of_type(self) -> ModelConfig:
         wanted = set(MODEL_TOWERS[self.type].values())
+        allowed = wanted | set(OPTIONAL_TOWERS.get(self.type, {}).values())
         for section in TOWER_SECTIONS:
-            if section not in wanted and getattr(self, section) is not None:
+            if section not in allowed and getattr(self, section) is not None:
                 raise ValueError(
                     f"model.{section} is set but a model of type {self.type!r} has no {section} tower "
                     f"(its tower sections: {', '.join(sorted(wanted))}); remove it or change model.type"
@@ -186,16 +192,41 @@ class ModelConfig(_Section):
         """The fusion head in use: ``model.fusion``, or ``concat`` when unset."""
         return self.fusion or "concat"
 
+    @model_validator(mode="after")
+    def _linear_image(self) -> ModelConfig:
+        if self.type != "linear":
+            return self
+        if self.image is None:
+            if self.linear_model.image_weight is not None:
+                raise ValueError(
+                    "model.linear.image_weight weighs the features of model.image: set model.image.name (a frozen "
+                    "image tower, e.g. timm:tf_efficientnet_lite0) or remove image_weight"
+                )
+            return self
+        set_keys = self.image.model_fields_set
+        if ("trainable" in set_keys and self.image.trainable) or self.image.train_last_n_blocks is not None:
+            raise ValueError(
+                "model.image of a linear model is frozen (its features are fitted beside the TF-IDF rows, not "
+                "trained): remove model.image.trainable / train_last_n_blocks, or use model.type fusion"
+            )
+        self.image.trainable = False
+        return self
+
+    def tower_sections(self) -> dict[str, str]:
+        """Model attribute -> config section, for the towers this model has (optional ones when set)."""
+        optional = {a: s for a, s in OPTIONAL_TOWERS.get(self.type, {}).items() if getattr(self, s) is not None}
+        return {**MODEL_TOWERS[self.type], **optional}
+
     def towers(self) -> dict[str, TowerConfig]:
         """Model attribute (``image_encoder`` / ``text_encoder`` / ``class_text_encoder``) -> its tower's config."""
-        found = {attr: getattr(self, section) for attr, section in MODEL_TOWERS[self.type].items()}
+        found = {attr: getattr(self, section) for attr, section in self.tower_sections().items()}
         if self.class_text_tower is not None:
             found["class_text_encoder"] = self.class_text_tower
         return found
 
     def tower_names(self) -> dict[str, str | None]:
         """Config section -> tower name, for the sections this model has (``class_text_tower`` included)."""
-        names = {section: getattr(self, section).name for section in dict.fromkeys(MODEL_TOWERS[self.type].values())}
+        names = {section: getattr(self, section).name for section in dict.fromkeys(self.tower_sections().values())}
         if self.class_text_tower is not None:
             names["class_text_tower"] = self.class_text_tower.name
         return names

@@ -122,20 +122,25 @@ def create_towers(
         dual.image.dual_saver = dual.save_assets  # a plain attribute (not a submodule): saves both views' assets
         return dual.image, dual.text
     if mcfg.type in ("image", "fusion"):
-        ic = mcfg.image_tower
-        prefix, name = parse_tower_name(_need(ic, "image"), IMAGE_TOWERS.list())
-        extra = settings.get("image", {})
-        image = IMAGE_TOWERS.create(
-            prefix,
-            name,
-            pretrained=ic.pretrained and a is None,
-            image_size=mcfg.image_size,
-            architecture=extra.get("architecture"),
-            pretrained_cfg=extra.get("pretrained_cfg"),
-        )
+        image = _image_tower(mcfg, settings, a)
     if mcfg.type in ("text", "fusion"):
         text = _text_tower(mcfg.text_tower, "text", texts, None if a is None else a / "text")
     return image, text
+
+
+def _image_tower(mcfg: ModelConfig, settings: dict[str, Any], assets: Path | None) -> Tower:
+    """``model.image``'s tower (``settings``: a saved run's ``towers.json``, whose architecture it rebuilds)."""
+    ic = mcfg.image_tower
+    prefix, name = parse_tower_name(_need(ic, "image"), IMAGE_TOWERS.list())
+    extra = settings.get("image", {})
+    return IMAGE_TOWERS.create(
+        prefix,
+        name,
+        pretrained=ic.pretrained and assets is None,
+        image_size=mcfg.image_size,
+        architecture=extra.get("architecture"),
+        pretrained_cfg=extra.get("pretrained_cfg"),
+    )
 
 
 def _text_tower(
@@ -177,15 +182,18 @@ def create_classifier(
 ) -> ProductClassifier:
     """Towers + fusion head for ``num_classes`` classes (see :class:`ProductClassifier`).
 
-    A linear model (``model.type: linear``) is one ``tfidf:`` tower whose output already is the class logits.
+    A linear model (``model.type: linear``) is one ``tfidf:`` tower whose output already is the class logits, plus,
+    with ``model.image``, a frozen image tower whose features a linear layer adds to them.
 
     Args:
         class_texts: per class its texts (:func:`aisle.data.class_texts.class_texts_for`), for ``head: class_text``
             (default: the ones saved in ``assets``).
     """
-    if mcfg.type == "linear":
-        return ProductClassifier(None, _linear_tower(mcfg, num_classes, texts, assets), num_classes, fusion="logits")
     settings = json.loads((Path(assets) / "towers.json").read_text()) if assets is not None else {}
+    if mcfg.type == "linear":
+        a = Path(assets) if assets is not None else None
+        frozen = _image_tower(mcfg, settings, a) if mcfg.image is not None else None
+        return ProductClassifier(frozen, _linear_tower(mcfg, num_classes, texts, assets), num_classes, fusion="logits")
     if class_texts is None:
         class_texts = settings.get("class_texts")
     flat = [t for ts in class_texts or [] for t in ts]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,15 +29,30 @@ class _Fusion(nn.Module):
 
 @FUSIONS.register("logits")
 class TowerLogits(_Fusion):
-    """No head: one tower whose output already is the class logits (the ``tfidf:`` linear model)."""
+    """No head: the last tower's output already is the class logits (the ``tfidf:`` linear model); an image tower
+    before it (a linear model with ``model.image``) adds ``normalize(image features) @ image_weight.T``, a linear
+    layer fitted with the TF-IDF weights (zero until then; a product without images has zero features)."""
 
     def __init__(self, dims, num_classes, fusion_dim, hidden, dropout):
         super().__init__(dims, num_classes, fusion_dim, hidden, dropout)
-        if dims != [num_classes]:
-            raise ValueError(f"the logits head takes one tower of {num_classes} outputs, got {dims}")
+        if len(dims) not in (1, 2) or dims[-1] != num_classes:
+            raise ValueError(f"the logits head takes a tower of {num_classes} outputs (and an image tower), got {dims}")
+        self.image = nn.Linear(dims[0], num_classes, bias=False) if len(dims) == 2 else None
+        if self.image is not None:
+            nn.init.zeros_(self.image.weight)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return feats[0], []
+        if self.image is None:
+            return feats[0], []
+        image = nn.functional.normalize(feats[0].to(self.image.weight.dtype), dim=-1)
+        return feats[1] + self.image(image).to(feats[1].dtype), []
+
+    def set_image_weights(self, coef: np.ndarray) -> None:
+        """Take the fitted weights of the L2-normalised image features: ``coef`` (C, image width)."""
+        if self.image is None or coef.shape != tuple(self.image.weight.shape):
+            raise ValueError(f"image weights of shape {coef.shape} do not fit this head")
+        with torch.no_grad():
+            self.image.weight.copy_(torch.as_tensor(coef, dtype=self.image.weight.dtype))
 
 
 @FUSIONS.register("concat")

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
-from aisle.config import MODEL_TOWERS, AisleConfig, load_config, save_config
+from aisle.config import AisleConfig, load_config, save_config
 from aisle.data.class_texts import class_texts_for
 from aisle.data.dataset import Precomputed
 from aisle.data.image_report import report_image_issues
@@ -206,7 +206,7 @@ def _write_data_files(rd: RunDir, td: TrainingData) -> None:
 
 def _report_images(cfg: AisleConfig, td: TrainingData, rd: RunDir) -> None:
     """Once per run, before any fold: one summary line of the unusable images, and all of them in a CSV."""
-    if "image_encoder" in MODEL_TOWERS[cfg.model.type]:
+    if "image_encoder" in cfg.model.tower_sections():
         report_image_issues(td.products, cfg.data, True, cfg.runtime.cache_dir, rd.image_issues)
 
 
@@ -230,7 +230,8 @@ def _context(cfg: AisleConfig, td: TrainingData, rd: RunDir, reuse: bool) -> Run
 def _precompute(cfg: AisleConfig, td: TrainingData, template: ProductClassifier) -> Precomputed:
     """Pixels decoded once (``data.decoded_cache``) and texts tokenized once, for every training row."""
     decoded = None
-    if cfg.data.decoded_cache and template.image_encoder is not None:
+    # a linear model reads its frozen image tower's cached features: no pixels to decode
+    if cfg.data.decoded_cache and template.image_encoder is not None and not is_fitted_model(template):
         from aisle.cache.decoded import DecodedImages
 
         decoded = DecodedImages.build(

@@ -11,7 +11,7 @@ local folders of the same names instead (offline: ``--models-dir ../shared/model
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class Member:
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
     images: bool = False  # needs product images
+    without_images: dict[str, Any] | None = None  # its model when the table has no images (else it is left out)
 
     def config(self, base: AisleConfig, run: RunDir) -> AisleConfig:
         """The member's config: the user's data and runtime; train keys the user set win over the preset's."""
@@ -75,6 +76,14 @@ _HEAD = {
 }
 
 
+def _linear_member(image: str, image_size: int) -> Member:
+    """TF-IDF + LinearSVC with the frozen image features beside the n-grams, their weight chosen per fold (0: text
+    alone); text alone when the table has no images."""
+    tower = {"name": image, "pretrained": True, "trainable": False}
+    with_image = {"type": "linear", "image": tower, "image_size": image_size}
+    return Member("linear", with_image, images=True, without_images={"type": "linear"})
+
+
 def _frozen_members(image: str, text: str, image_size: int, max_length: int) -> list[Member]:
     frozen = {"pretrained": True, "trainable": False}
     image_tower = {"name": image, **frozen}
@@ -103,14 +112,14 @@ def _frozen_members(image: str, text: str, image_size: int, max_length: int) -> 
 def cpu_preset(models_dir: str | Path | None = None) -> list[Member]:
     """Small towers that a CPU encodes in minutes: EfficientNet-Lite0 (224 px) and all-MiniLM-L6-v2."""
     image, text = _towers(models_dir, "tf_efficientnet_lite0", "sentence-transformers/all-MiniLM-L6-v2")
-    return [Member("linear", {"type": "linear"}), *_frozen_members(image, text, 224, 256)]
+    return [_linear_member(image, 224), *_frozen_members(image, text, 224, 256)]
 
 
 @PRESETS.register("gpu")
 def gpu_preset(models_dir: str | Path | None = None) -> list[Member]:
     """Larger towers for a GPU: ConvNeXt-Tiny (ImageNet-22k) and all-mpnet-base-v2, frozen, with heads."""
     image, text = _towers(models_dir, "convnext_tiny.fb_in22k", "sentence-transformers/all-mpnet-base-v2")
-    return [Member("linear", {"type": "linear"}), *_frozen_members(image, text, 224, 256)]
+    return [_linear_member(image, 224), *_frozen_members(image, text, 224, 256)]
 
 
 def run_portfolio(
@@ -132,8 +141,10 @@ def run_portfolio(
     """
     members: list[Member] = PRESETS.create(preset, models_dir)
     rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
-    configs = {m.name: m.config(cfg, rd) for m in members}  # every member's config is checked before any work
     has_images = any(len(p) for p in load_source(cfg.data, require_label=True).image_paths)
+    if not has_images:  # members with a text-only form take it; the others are left out
+        members = [replace(m, model=m.without_images, images=False) if m.without_images else m for m in members]
+    configs = {m.name: m.config(cfg, rd) for m in members}  # every member's config is checked before any work
     chosen = [m for m in members if has_images or not m.images]
     if len(chosen) < len(members):
         log.info("no product has an image: the preset leaves out %s", [m.name for m in members if m not in chosen])
