@@ -29,6 +29,8 @@ MODELS = {
     "dual_clip": {"type": "dual", "dual": {"name": "hf-clip:tiny", "pretrained": False}},
     "dual_siglip": {"type": "dual", "dual": {"name": "hf-siglip:tiny", "pretrained": False}},
     "dual_blip": {"type": "dual", "dual": {"name": "hf-blip:tiny", "pretrained": False}},
+    "linear": {"type": "linear"},
+    "linear_image": {"type": "linear", "image": IMAGE},
 }
 
 

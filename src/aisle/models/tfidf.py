@@ -112,6 +112,10 @@ class TfidfLinearTower(Tower):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         w = batch["token_weights"].to(self.embedding.weight.dtype)  # (B, T): 0 at padding
+        if torch.onnx.is_in_onnx_export():  # ONNX has no embedding_bag with a padding index: gather, weigh, sum
+            rows = self.embedding.weight[batch["input_ids"]]  # (B, T, C)
+            w = w * batch["attention_mask"].to(w.dtype)  # 0 at padding already; the graph keeps the mask input
+            return (rows * w.unsqueeze(-1)).sum(1) + self.bias
         return self.embedding(batch["input_ids"], per_sample_weights=w) + self.bias  # (B, C)
 
     def set_linear(self, coef: np.ndarray, intercept: np.ndarray) -> None:
