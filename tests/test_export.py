@@ -30,7 +30,7 @@ MODELS = {
     "dual_siglip": {"type": "dual", "dual": {"name": "hf-siglip:tiny", "pretrained": False}},
     "dual_blip": {"type": "dual", "dual": {"name": "hf-blip:tiny", "pretrained": False}},
     "linear": {"type": "linear"},
-    "linear_image": {"type": "linear", "image": IMAGE},
+    "linear_image": {"type": "linear", "image": IMAGE, "linear": {"image_weight": 1.0}},  # image weights not 0
 }
 
 

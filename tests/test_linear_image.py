@@ -22,7 +22,7 @@ from aisle.evaluation.metrics import macro_f1
 from aisle.inference import predict
 from aisle.inference.predict import load_fold_models
 from aisle.training import run_cv
-from aisle.training.linear import IMAGE_WEIGHTS, fit_linear
+from aisle.training.linear import IMAGE_WEIGHTS, INNER_FOLDS, _select_rows, fit_linear
 
 IMAGE = {"name": "timm:test_resnet", "pretrained": False}
 
@@ -64,6 +64,9 @@ def test_oof_and_test_probabilities_equal_a_scikit_learn_fit_on_tfidf_and_image_
     test = load_products(catalogue / "test.csv", cfg.data)
     _, _, models = load_fold_models(run)
     tower = models[0].image_encoder
+    params = json.loads((run / "cv_summary.json").read_text())["params"]
+    frozen = sum(p.numel() for p in tower.parameters())
+    assert params["trainable"] <= params["total"] - frozen, "the frozen image tower is not counted as trained"
     # the run fits on the feature cache's float16 features, predict encodes the pixels: both alike here
     img = _unit(*encode_products(tower, td.products))
     img_test = _unit(*encode_products(tower, test))
@@ -127,3 +130,35 @@ def test_the_linear_models_image_tower_is_frozen_and_its_weight_needs_it():
         validate_config({"model": {"type": "linear", "image": {**IMAGE, "trainable": True}}})
     with pytest.raises(ConfigError, match="model.text"):
         validate_config({"model": {"type": "linear", "text": {"name": "tiny:bert"}}})
+
+
+def _unit_noise(rng, n: int) -> np.ndarray:
+    noise = rng.normal(size=(n, 8))
+    return noise / np.linalg.norm(noise, axis=1, keepdims=True)
+
+
+def test_too_few_rows_to_choose_give_the_text_model_with_its_temperature():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(5), 3)  # 3 rows a class: fewer than the inner folds
+    texts = [f"item{c} {w}" for c, w in zip(y, rng.choice(["a", "b", "c"], len(y)))]
+    x, _ = _tfidf(texts, texts[:1])
+    cfg = validate_config({"model": {"type": "linear", "image": IMAGE}}).model.linear_model
+    fit = fit_linear(x, y, 5, cfg, 0, image=_unit_noise(rng, len(y)))
+    text_only = fit_linear(x, y, 5, cfg, 0)
+    assert fit.image_weight == 0.0 and fit.temperature == text_only.temperature != 1.0
+
+
+def test_a_class_with_one_row_does_not_stop_the_choice():
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 60 + [1])
+    texts = [f"thing {w}" for w in rng.choice(["a", "b", "c"], len(y))]
+    x, _ = _tfidf(texts, texts[:1])
+    cfg = validate_config({"model": {"type": "linear", "image": IMAGE}}).model.linear_model
+    fit = fit_linear(x, y, 2, cfg, 0, image=_unit_noise(rng, len(y)))  # no inner split trains on one class
+    assert fit.image_weight == 0.0
+
+
+def test_the_rows_the_weight_is_chosen_on_keep_every_small_class():
+    y = np.array([0] * 10_000 + [1] * 3 + [2] * 30)
+    counts = np.bincount(y[_select_rows(y, 0)])
+    assert counts[1] == 3 and counts[2] >= INNER_FOLDS and counts[0] < 10_000

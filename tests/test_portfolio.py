@@ -92,8 +92,8 @@ def test_cpu_preset_trains_blends_and_predicts_with_one_call(tmp_path, models_di
     assert all(f.equals(folds[0]) for f in folds), "every member trains on the same folds"
     linear = yaml.safe_load((run / "members" / "linear" / "config.yaml").read_text())["model"]
     assert linear["image"]["name"].endswith("tf_efficientnet_lite0") and linear["image"]["trainable"] is False
-    chosen = json.loads((run / "members" / "linear" / "main" / "fold_0" / "best.json").read_text())["image_weight"]
-    assert chosen in (0.0, 0.25, 0.5, 1.0, 2.0)
+    info = json.loads((run / "members" / "linear" / "main" / "fold_0" / "best.json").read_text())
+    assert "image_weight" in info, "the linear member's folds chose a weight for the image features"
     assert main(["-q", "predict", str(run)]) == 0
     sub = pd.read_csv(run / "predictions" / "submission.csv", dtype=str)
     assert list(sub["id"]) == list(pd.read_csv(tmp_path / "cat" / "test.csv", dtype=str)["id"])

@@ -193,6 +193,7 @@ def create_classifier(
     if mcfg.type == "linear":
         a = Path(assets) if assets is not None else None
         frozen = _image_tower(mcfg, settings, a) if mcfg.image is not None else None
+        set_trainable(frozen, False)  # its features are fitted beside the TF-IDF rows, never trained
         return ProductClassifier(frozen, _linear_tower(mcfg, num_classes, texts, assets), num_classes, fusion="logits")
     if class_texts is None:
         class_texts = settings.get("class_texts")

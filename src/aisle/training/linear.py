@@ -131,24 +131,25 @@ def _temperature(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearMod
 
 
 def _select_rows(y: np.ndarray, seed: int) -> np.ndarray:
-    """At most ~``SELECT_ROWS`` rows, every class in proportion (at least one row of each)."""
+    """At most ~``SELECT_ROWS`` rows, every class in proportion (and ``INNER_FOLDS`` rows of each that has them)."""
     if len(y) <= SELECT_ROWS:
         return np.arange(len(y))
     rng, frac = np.random.default_rng(seed), SELECT_ROWS / len(y)
     parts = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
-    return np.sort(np.concatenate([p[: max(1, round(len(p) * frac))] for p in parts]))
+    return np.sort(np.concatenate([p[: max(min(len(p), INNER_FOLDS), round(len(p) * frac))] for p in parts]))
 
 
 def _select_image_weight(
     x: sp.csr_matrix, image: np.ndarray, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """(the image weight of ``IMAGE_WEIGHTS`` with the best inner-CV macro-F1, the temperature fitted on its inner
-    scores); (0, 1) where the rows are too few to choose."""
+    scores); (0, None) where the rows are too few to choose: text alone, its temperature fitted as without images.
+    Every inner training split holds two classes: at least two classes have two rows, which stratified folds split."""
     rows = _select_rows(y, seed)
     x, image, y = x[rows], image[rows], y[rows]
     counts = np.bincount(y, minlength=n_classes)
-    if len(y) < 2 * INNER_FOLDS or counts.max() < INNER_FOLDS:
-        return 0.0, 1.0
+    if len(y) < 2 * INNER_FOLDS or counts.max() < INNER_FOLDS or (counts >= 2).sum() < 2:
+        return 0.0, None
     scores = {w: np.zeros((len(y), n_classes)) for w in IMAGE_WEIGHTS}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # classes with fewer rows than inner folds: fine here
@@ -211,7 +212,7 @@ def _image_rows(ctx: RunContext, model: ProductClassifier) -> tuple[np.ndarray, 
         if rt.feature_cache:
             feats, has = tower_features(tower, products, rt.cache_dir, opts=opts)
         else:
-            feats, has = encode_products(tower, products, "orig", opts)
+            feats, has = encode_products(tower, products, "orig", opts, tower.preprocess.size)
         ctx.shared["linear_image"] = (np.asarray(feats, dtype=np.float32), np.asarray(has, dtype=bool))
     return ctx.shared["linear_image"]
 

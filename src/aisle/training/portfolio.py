@@ -1,10 +1,11 @@
 """``aisle train --preset cpu|gpu``: a portfolio of models on one set of folds, blended on their out-of-fold
 predictions into one model.
 
-Members (each a full run under ``<run>/members/<name>/``, trained on the same folds): the linear TF-IDF model, a
-frozen pretrained text encoder with a head, a frozen image encoder with a head and their fusion (features cached
-once and shared), then :func:`aisle.training.blend.fit_ensemble` at the run folder's root. Members that need
-images are left out when the table has none. Pretrained members name hub models; ``models_dir`` points them at
+Members (each a full run under ``<run>/members/<name>/``, trained on the same folds): the linear TF-IDF model with
+the frozen image features beside its n-grams, a frozen pretrained text encoder with a head, a frozen image encoder
+with a head and their fusion (features cached once and shared), then :func:`aisle.training.blend.fit_ensemble` at
+the run folder's root. When the table has no images the linear member reads text alone and the members that need
+images are left out. Pretrained members name hub models; ``models_dir`` points them at
 local folders of the same names instead (offline: ``--models-dir ../shared/models``).
 """
 
