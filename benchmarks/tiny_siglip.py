@@ -175,6 +175,18 @@ def _scores(truth: pd.Series, labels: pd.Series) -> dict:
     }
 
 
+def earlier_rows(out: Path, rerun: list[str]) -> list[dict]:
+    """The rows of ``out`` (an earlier result of this script) for the variants not run again, kept as they were
+    (each says its date and code revision; rows from before rows carried them say neither)."""
+    if not out.is_file():
+        return []
+    return [r for r in json.loads(out.read_text())["table"] if r["variant"] not in rerun]
+
+
+def _head() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, default=ROOT / "benchmarks" / "work" / "tiny_siglip")
@@ -200,15 +212,19 @@ def main() -> None:
     some = full if args.timing_test_rows >= len(full) else full.sample(n=args.timing_test_rows, random_state=0)
     some.to_csv(work / "test_timing.csv", index=False)
     sources = {"before": baseline_src(work, args.baseline_rev), "trimmed": ROOT / "src", "compiled": ROOT / "src"}
+    out = work / "smoke.json" if args.smoke else ROOT / "benchmarks" / "results" / "tiny_siglip.json"
+    kept = earlier_rows(out, args.variants.split(","))
     results = []
     for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
         cfg = run_config(work / "train.csv", model, work, epochs, compile_=variant == "compiled")
         test_csv = work / ("test.csv" if variant == "trimmed" else "test_timing.csv")
-        results.append(run_variant(variant, sources[variant], cfg, work, test_csv, truth, some["id"]))
+        row = run_variant(variant, sources[variant], cfg, work, test_csv, truth, some["id"])
+        results.append({**row, "date": date.today().isoformat(), "rev": _head()})
         print(json.dumps(results[-1]), flush=True)
+    results = sorted([*kept, *results], key=lambda r: VARIANTS.index(r["variant"]))
     by = {r["variant"]: r for r in results}
-    if "before" in by:
-        for r in results:  # per-epoch speed-up over the code before, epoch by epoch and on the mean epoch
+    if "before" in by and by["before"] not in kept:  # timings are compared within one run of this script only
+        for r in [r for r in results if r not in kept]:  # per-epoch speed-up over the code before, and on the mean
             before = by["before"]["epoch_seconds"]
             r["speedup_per_epoch"] = [round(b / s, 2) for b, s in zip(before, r["epoch_seconds"], strict=True)]
             r["speedup_mean_epoch"] = round(sum(before) / sum(r["epoch_seconds"]), 2)
@@ -232,7 +248,6 @@ def main() -> None:
             "trimmed macro-F1 >= 0.65 after 2 epochs": bool(by.get("trimmed", {}).get("test_macro_f1", 0) >= 0.65),
         },
     }
-    out = work / "smoke.json" if args.smoke else ROOT / "benchmarks" / "results" / "tiny_siglip.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

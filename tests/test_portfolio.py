@@ -54,7 +54,7 @@ def test_the_heads_weigh_rare_classes_up_unless_the_user_says_otherwise(tmp_path
         base = validate_config({"data": {"train_csv": "t.csv"}, "train": train})
         return {m.name: m.config(base, RunDir(tmp_path)).train.class_weights for m in PRESETS.create("cpu")}
 
-    assert weights({}) == {"linear": "none", "text": "inverse_sqrt", "image": "inverse_sqrt", "fusion": "inverse_sqrt"}
+    assert weights({}) == {"linear": "auto", "text": "inverse_sqrt", "image": "inverse_sqrt", "fusion": "inverse_sqrt"}
     assert set(weights({"class_weights": "none"}).values()) == {"none"}
 
 

@@ -20,14 +20,16 @@ LOSSES: Registry = Registry("loss")
 def class_weights(
     y: np.ndarray,
     num_classes: int,
-    scheme: Literal["none", "inverse_freq", "inverse_sqrt", "balanced"],
+    scheme: Literal["auto", "none", "inverse_freq", "inverse_sqrt", "balanced"],
     smoothing: float = 0.0,
 ) -> np.ndarray | None:
     """Per-class weights, normalised to mean 1 over the classes present.
 
-    ``inverse_freq``: 1/n_c; ``inverse_sqrt``: 1/sqrt(n_c); ``balanced``: N / (C * n_c) (scikit-learn's).
+    ``inverse_freq``: 1/n_c; ``inverse_sqrt``: 1/sqrt(n_c); ``balanced``: N / (C * n_c) (scikit-learn's);
+    ``auto`` (``train.class_weights``' default for the models trained by gradient, who call this): ``inverse_sqrt``.
     ``smoothing`` in [0, 1] blends towards uniform weights: (1 - s) * w + s.
     """
+    scheme = "inverse_sqrt" if scheme == "auto" else scheme
     if scheme == "none":
         return None
     counts = np.bincount(y[y >= 0], minlength=num_classes).astype(np.float64)

@@ -25,7 +25,8 @@ def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> l
     """One group per (module, decay) pair; norms, biases and embeddings-like 1-d params get no decay.
 
     Module groups: ``image_encoder``, ``text_encoder``, ``head``, and ``other`` (everything else);
-    a group's lr falls back to ``lrs.default`` when unset.
+    a group's lr falls back to ``lrs.default`` when unset, the head's to ``lrs.head_scale`` x that while a tower
+    trains (see :class:`aisle.config.LearningRates`).
     """
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -34,9 +35,10 @@ def param_groups(model: nn.Module, lrs: LearningRates, weight_decay: float) -> l
         group = MODULE_GROUPS.get(name.split(".", 1)[0], "other")
         decay = p.ndim >= 2
         buckets.setdefault((group, decay), []).append(p)
+    towers_train = any(group in ("image_encoder", "text_encoder") for group, _ in buckets)
     groups = []
     for (group, decay), params in sorted(buckets.items()):
-        lr = getattr(lrs, group) or lrs.default
+        lr = getattr(lrs, group) or lrs.default * (lrs.head_scale if group == "head" and towers_train else 1.0)
         groups.append(
             {
                 "params": params,
