@@ -177,7 +177,7 @@ def _scores(truth: pd.Series, labels: pd.Series) -> dict:
 
 def earlier_rows(out: Path, rerun: list[str]) -> list[dict]:
     """The rows of ``out`` (an earlier result of this script) for the variants not run again, kept as they were
-    (each says its date and code revision; rows from before rows carried them say neither)."""
+    (each row says its date; rows written before rows carried a date and revision are from 2026-11-30)."""
     if not out.is_file():
         return []
     return [r for r in json.loads(out.read_text())["table"] if r["variant"] not in rerun]
@@ -214,20 +214,19 @@ def main() -> None:
     sources = {"before": baseline_src(work, args.baseline_rev), "trimmed": ROOT / "src", "compiled": ROOT / "src"}
     out = work / "smoke.json" if args.smoke else ROOT / "benchmarks" / "results" / "tiny_siglip.json"
     kept = earlier_rows(out, args.variants.split(","))
-    results = []
+    fresh = []
     for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
         cfg = run_config(work / "train.csv", model, work, epochs, compile_=variant == "compiled")
         test_csv = work / ("test.csv" if variant == "trimmed" else "test_timing.csv")
         row = run_variant(variant, sources[variant], cfg, work, test_csv, truth, some["id"])
-        results.append({**row, "date": date.today().isoformat(), "rev": _head()})
-        print(json.dumps(results[-1]), flush=True)
-    results = sorted([*kept, *results], key=lambda r: VARIANTS.index(r["variant"]))
+        fresh.append({**row, "date": date.today().isoformat(), "rev": _head()})
+        print(json.dumps(fresh[-1]), flush=True)
+    before = next((r["epoch_seconds"] for r in fresh if r["variant"] == "before"), None)
+    for r in fresh if before else []:  # speed-ups only within this run: per epoch, and on the mean epoch
+        r["speedup_per_epoch"] = [round(b / s, 2) for b, s in zip(before, r["epoch_seconds"], strict=True)]
+        r["speedup_mean_epoch"] = round(sum(before) / sum(r["epoch_seconds"]), 2)
+    results = sorted([*kept, *fresh], key=lambda r: VARIANTS.index(r["variant"]))
     by = {r["variant"]: r for r in results}
-    if "before" in by and by["before"] not in kept:  # timings are compared within one run of this script only
-        for r in [r for r in results if r not in kept]:  # per-epoch speed-up over the code before, and on the mean
-            before = by["before"]["epoch_seconds"]
-            r["speedup_per_epoch"] = [round(b / s, 2) for b, s in zip(before, r["epoch_seconds"], strict=True)]
-            r["speedup_mean_epoch"] = round(sum(before) / sum(r["epoch_seconds"]), 2)
     result = {
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores, no GPU",
