@@ -97,3 +97,30 @@ def test_tfidf_towers_belong_to_linear_models(catalogue, tmp_path) -> None:
     cfg = load_config(overrides=["model.type=linear", "model.linear.name=ngram:word1-2"])
     with pytest.raises(ValueError, match="model.linear.name.*tfidf"):
         run_cv(cfg, tmp_path / "run2")
+
+
+def test_class_weights_weigh_every_row_of_a_class_as_a_scikit_learn_fit_does(catalogue, tmp_path):
+    """``train.class_weights`` acts on the linear model: 1/count per class (mean 1), as sample weights."""
+    train = pd.read_csv(catalogue / "train.csv", dtype=str)
+    first = train["categories"].iloc[0]
+    keep = (train["categories"] != first) | (train.groupby("categories").cumcount() < 12)  # one rare class
+    train[keep].to_csv(tmp_path / "train.csv", index=False)
+    raw = {
+        "data": {"train_csv": str(tmp_path / "train.csv"), "folds": 3},
+        "model": {"type": "linear", "linear": {"classifier": "logreg", "C": 2.0}},
+        "train": {"class_weights": "inverse_freq"},
+        "runtime": {"num_workers": 0},
+    }
+    run_cv(validate_config(raw), tmp_path / "run")
+    td = load_training_data(validate_config(raw).data)
+    x, _ = _reference_features(list(td.products.texts))
+    oof = pd.read_csv(tmp_path / "run" / "main" / "oof.csv", dtype={"id": str}).set_index("id")
+    for k in range(3):
+        tr, va = td.folds != k, td.folds == k
+        per_class = 1.0 / np.bincount(td.y[tr])
+        per_class /= per_class.mean()
+        weighted = LogisticRegression(C=2.0, max_iter=3000).fit(x[tr], td.y[tr], sample_weight=per_class[td.y[tr]])
+        plain = LogisticRegression(C=2.0, max_iter=3000).fit(x[tr], td.y[tr])
+        got = oof.loc[td.products.ids[va], list(td.label_map.classes)].to_numpy()
+        assert np.allclose(got, weighted.predict_proba(x[va]), atol=2e-5)
+        assert not np.allclose(got, plain.predict_proba(x[va]), atol=1e-3)  # the weights changed the model

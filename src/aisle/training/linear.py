@@ -10,6 +10,9 @@ With ``model.image`` the rows also hold the frozen image tower's features (from 
 and times a weight, side by side with the TF-IDF columns, and one linear model is fitted on both. The weight is
 chosen per fold by an inner CV on its training rows (at most ``SELECT_ROWS`` of them) from ``IMAGE_WEIGHTS``, by
 macro-F1 (ties: the smaller weight; 0 is the text-only model), and the temperature is fitted on that CV's scores.
+
+``train.class_weights`` (other than ``auto``, which is unweighted here) weighs each row by its class's weight in
+every fit: the inner ones that choose the temperature and the image weight, and the fold's own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from aisle.models.fusion import TowerLogits
 from aisle.models.tfidf import TfidfLinearTower
 from aisle.serialization import save_weights, write_json
 from aisle.training.fold import FoldResult, RunContext, param_counts, write_oof
+from aisle.training.losses import class_weights
 from aisle.training.module import predict_probs
 
 __all__ = ["LinearFit", "fit_linear", "fit_linear_fold", "is_fitted_model"]
@@ -117,8 +121,11 @@ def _fit_raw(
     return _full(clf, n_classes, x.shape[1])
 
 
-def _temperature(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int) -> float:
-    """The softmax temperature of LinearSVC scores that minimises log-loss on an inner held-out 20%."""
+def _temperature(
+    x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int, weight: np.ndarray | None
+) -> float:
+    """The softmax temperature of LinearSVC scores that minimises log-loss on an inner held-out 20% (the inner
+    model fitted with the rows' ``weight``)."""
     counts = np.bincount(y, minlength=n_classes)
     present = int((counts > 0).sum())
     held_rows = max(int(np.ceil(0.2 * len(y))), present)  # a stratified split holds at least one row per class
@@ -126,7 +133,7 @@ def _temperature(x: sp.csr_matrix, y: np.ndarray, n_classes: int, cfg: LinearMod
         return 1.0
     split = StratifiedShuffleSplit(1, test_size=held_rows, random_state=seed)
     inner, held = next(split.split(np.zeros(len(y)), y))
-    coef, intercept = _fit_raw(x[inner], y[inner], n_classes, cfg, seed)
+    coef, intercept = _fit_raw(x[inner], y[inner], n_classes, cfg, seed, _rows(weight, inner))
     return fit_logit_scale(np.asarray(x[held] @ coef.T) + intercept, y[held])
 
 
@@ -139,14 +146,24 @@ def _select_rows(y: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([p[: max(min(len(p), INNER_FOLDS), round(len(p) * frac))] for p in parts]))
 
 
+def _rows(weight: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if weight is None else weight[rows]
+
+
 def _select_image_weight(
-    x: sp.csr_matrix, image: np.ndarray, y: np.ndarray, n_classes: int, cfg: LinearModelConfig, seed: int
+    x: sp.csr_matrix,
+    image: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: LinearModelConfig,
+    seed: int,
+    weight: np.ndarray | None,
 ) -> tuple[float, float | None]:
     """(the image weight of ``IMAGE_WEIGHTS`` with the best inner-CV macro-F1, the temperature fitted on its inner
     scores); (0, None) where the rows are too few to choose: text alone, its temperature fitted as without images.
     Every inner training split holds two classes: at least two classes have two rows, which stratified folds split."""
     rows = _select_rows(y, seed)
-    x, image, y = x[rows], image[rows], y[rows]
+    x, image, y, weight = x[rows], image[rows], y[rows], _rows(weight, rows)
     counts = np.bincount(y, minlength=n_classes)
     if len(y) < 2 * INNER_FOLDS or counts.max() < INNER_FOLDS or (counts >= 2).sum() < 2:
         return 0.0, None
@@ -156,7 +173,7 @@ def _select_image_weight(
         inner = list(StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     for tr, va in inner:
         for w in IMAGE_WEIGHTS:
-            coef, intercept = _fit_raw(with_image(x[tr], image[tr], w), y[tr], n_classes, cfg, seed)
+            coef, intercept = _fit_raw(with_image(x[tr], image[tr], w), y[tr], n_classes, cfg, seed, _rows(weight, tr))
             scores[w][va] = np.asarray(with_image(x[va], image[va], w) @ coef.T) + intercept
     best = max(IMAGE_WEIGHTS, key=lambda w: (round(macro_f1(y, scores[w].argmax(1)), 6), -w))
     if cfg.classifier != "svm":
@@ -174,22 +191,27 @@ def fit_linear(
     pseudo: np.ndarray | None = None,
     pseudo_weight: float = 1.0,
     image: np.ndarray | None = None,
+    class_weight: np.ndarray | None = None,
 ) -> LinearFit:
     """Fit ``cfg.classifier`` on TF-IDF rows ``x`` (and L2-normalised ``image`` features) and labels ``y`` (class
     indices < ``n_classes``).
 
     Rows marked ``pseudo`` (pseudo-labelled) train with their hard label and weight ``pseudo_weight``; the
-    LinearSVC temperature and the image weight are fitted on the real rows only.
+    LinearSVC temperature and the image weight are fitted on the real rows only. ``class_weight`` (one per class
+    index, from ``train.class_weights``) weighs every row of a class in every fit, inner ones included.
     """
     real = np.ones(len(y), dtype=bool) if pseudo is None else ~pseudo
     svm = cfg.classifier == "svm"
+    per_class = None if class_weight is None else np.asarray(class_weight, dtype=np.float64)[y]
     w, t = cfg.image_weight or 0.0, None
     if image is not None and cfg.image_weight is None:
-        w, t = _select_image_weight(x[real], image[real], y[real], n_classes, cfg, seed)
+        w, t = _select_image_weight(x[real], image[real], y[real], n_classes, cfg, seed, _rows(per_class, real))
     if t is None:
         joined = with_image(x[real], None if image is None else image[real], w)
-        t = _temperature(joined, y[real], n_classes, cfg, seed) if svm else 1.0
+        t = _temperature(joined, y[real], n_classes, cfg, seed, _rows(per_class, real)) if svm else 1.0
     weight = None if pseudo is None or not pseudo.any() else np.where(pseudo, pseudo_weight, 1.0)
+    if per_class is not None:
+        weight = per_class if weight is None else weight * per_class
     coef, intercept = _fit_raw(with_image(x, image, w), y, n_classes, cfg, seed, weight)
     v = x.shape[1]
     image_coef = None
@@ -238,8 +260,9 @@ def fit_linear_fold(ctx: RunContext, stage: StageConfig, fold: int) -> FoldResul
     tr, va = td.train_rows(fold), np.flatnonzero(td.folds == fold)
     lcfg, tcfg = ctx.cfg.model.linear_model, ctx.cfg.train
     unit = None if image is None else _normalised(*image)[tr]
-    n = len(td.label_map)
-    fit = fit_linear(x[tr], td.y[tr], n, lcfg, tcfg.seed + fold, td.pseudo[tr], tcfg.pseudo_weight, unit)
+    n, scheme = len(td.label_map), "none" if tcfg.class_weights == "auto" else tcfg.class_weights
+    cw = class_weights(td.y[tr], n, scheme, tcfg.class_weight_smoothing)  # auto: unweighted, as before
+    fit = fit_linear(x[tr], td.y[tr], n, lcfg, tcfg.seed + fold, td.pseudo[tr], tcfg.pseudo_weight, unit, cw)
     tower.set_linear(fit.coef, fit.intercept)
     if fit.image_coef is not None and isinstance(model.head, TowerLogits):
         model.head.set_image_weights(fit.image_coef)
