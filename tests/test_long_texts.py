@@ -11,7 +11,8 @@ import torch
 from aisle.cache.keys import tower_key
 from aisle.config import validate_config
 from aisle.data.demo import write_demo_catalogue
-from aisle.inference.predict import predict
+from aisle.inference.predict import load_fold_models, predict
+from aisle.models.factory import create_classifier
 from aisle.models.text_towers import tiny_bert_tower
 from aisle.training.cv import run_cv
 
@@ -78,6 +79,14 @@ def test_a_text_run_with_segments_trains_and_predicts(tmp_path):
     oof = pd.read_csv(tmp_path / "run" / "main" / "oof.csv", dtype={"id": str}).set_index("id")
     assert list(pred.ids) == list(train["id"]) and np.isfinite(pred.probs).all()
     assert len(oof) == len(train)
+    _, _, models = load_fold_models(tmp_path / "run", [0])  # the saved run reads its texts in three windows
+    assert models[0].text_encoder.segments == 3
+    built = create_classifier(validate_config(cfg).model, 3, list(train["description"]))
+    assert built.text_encoder.segments == 3 and built.text_encoder.fixed_length
+    towers = tmp_path / "run" / "assets" / "towers.json"  # a run from before the key acted: built with one window
+    towers.write_text(towers.read_text().replace('"segments": 3', '"segments": 1'))
+    _, _, models = load_fold_models(tmp_path / "run", [0])
+    assert models[0].text_encoder.segments == 1, "a saved run reads its texts as its tower was trained to"
 
 
 def test_an_image_model_predicts_a_table_without_the_text_columns_it_saw(tmp_path, caplog):
@@ -96,3 +105,15 @@ def test_an_image_model_predicts_a_table_without_the_text_columns_it_saw(tmp_pat
     test.drop(columns=["title", "description"], errors="ignore").to_csv(tmp_path / "cat" / "bare.csv", index=False)
     pred = predict(tmp_path / "run", tmp_path / "cat" / "bare.csv")
     assert list(pred.ids) == list(test["id"]) and "predicting without them" not in caplog.text
+
+
+def test_windows_run_at_the_longest_windows_width(towers, monkeypatch):
+    """Short texts cost what they cost without segments: padding past the longest window is never encoded."""
+    seg, _ = towers
+    widths = []
+    pool = seg._pool
+    monkeypatch.setattr(seg, "_pool", lambda ids, mask: widths.append(ids.shape) or pool(ids, mask))
+    enc = seg.tokenize(TEXTS[1:])
+    with torch.no_grad():
+        seg(enc)
+    assert widths == [(2, int(enc["attention_mask"].sum(1).max()))] and widths[0][1] < 12

@@ -124,7 +124,7 @@ def create_towers(
     if mcfg.type in ("image", "fusion"):
         image = _image_tower(mcfg, settings, a)
     if mcfg.type in ("text", "fusion"):
-        text = _text_tower(mcfg.text_tower, "text", texts, None if a is None else a / "text")
+        text = _text_tower(mcfg.text_tower, "text", texts, None if a is None else a / "text", settings.get("text"))
     return image, text
 
 
@@ -144,15 +144,21 @@ def _image_tower(mcfg: ModelConfig, settings: dict[str, Any], assets: Path | Non
 
 
 def _text_tower(
-    tc: TextTowerConfig | NgramTowerConfig, section: str, texts: Sequence[str] | np.ndarray, assets: Path | None
+    tc: TextTowerConfig | NgramTowerConfig,
+    section: str,
+    texts: Sequence[str] | np.ndarray,
+    assets: Path | None,
+    saved: dict[str, Any] | None = None,
 ) -> Tower:
-    """A text tower from its config section (``model.text`` or ``model.class_text_tower``)."""
+    """A text tower from its config section (``model.text`` or ``model.class_text_tower``); ``saved``: the
+    settings a run's ``towers.json`` recorded for it, which win (the windows a saved tower was trained with)."""
     prefix, name = parse_tower_name(_need(tc, section), _prefixes(section))
     kwargs: dict[str, Any] = {"max_length": tc.max_length}
     if isinstance(tc, NgramTowerConfig):
         kwargs["embed_dim"] = tc.embed_dim
     else:
-        kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained)
+        segments = (saved or {}).get("segments", tc.segments)  # runs before 2026-12-01 were built with 1 window
+        kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained, segments=segments)
     if assets is not None:
         kwargs["assets_dir"] = assets
     if prefix in ("tiny", "ngram") and assets is None:

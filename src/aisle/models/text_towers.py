@@ -200,7 +200,8 @@ class HFTextTower(Tower):
             pooled = self._pool(ids, mask)  # a traced graph has no data-dependent shapes: every window runs
         else:
             pooled = ids.new_zeros((b * self.segments, self.output_dim), dtype=torch.float32)
-            part = self._pool(ids[live], mask[live])
+            width = int(mask.sum(1).max())  # windows are right-padded: run them at the longest one's width
+            part = self._pool(ids[live, :width], mask[live, :width])
             pooled = pooled.to(part.dtype).index_put((live.nonzero().squeeze(1),), part)
         return masked_mean(pooled.view(b, self.segments, -1), live.view(b, self.segments))  # (B, D)
 
