@@ -362,3 +362,9 @@ def test_blip_refuses_a_checkpoint_without_the_captioning_decoder(tmp_path):
     _tiny_blip_folder(tmp_path, architecture="BlipForImageTextRetrieval")
     with pytest.raises(ValueError, match="BlipForImageTextRetrieval checkpoint.*BlipForConditionalGeneration"):
         DUAL_ENCODERS.create("hf-blip", str(tmp_path), pretrained=True, max_length=16)
+
+
+def test_open_clip_without_a_weights_tag_refuses_pretrained_rather_than_training_random_weights():
+    with pytest.raises(ValueError, match=r"open_clip:RN50/<tag>.*pretrained: false"):
+        DUAL_ENCODERS.create("open_clip", "RN50", pretrained=True)
+    assert DUAL_ENCODERS.create("open_clip", "tiny", pretrained=True, texts=TEXTS).text is not None  # test preset

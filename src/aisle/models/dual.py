@@ -358,6 +358,12 @@ def open_clip_dual(
         if meta["arch"] == "aisle-tiny-clip":
             return open_clip_dual(TINY_PRESET, False, max_length)
         arch, tag = meta["arch"], ""
+    elif pretrained and not tag and arch != "aisle-tiny-clip":
+        raise ValueError(
+            f"open_clip:{arch} names no pretrained weights, so it would train from random ones: name them as "
+            f"open_clip:{arch}/<tag> (the tags: open_clip.list_pretrained_tags_by_model({arch!r})), or set "
+            f"model.dual.pretrained: false to start from random weights on purpose"
+        )
     model = open_clip.create_model(arch, pretrained=(tag or None) if pretrained else None)
     tokenizer = open_clip.get_tokenizer(arch)
     pp = open_clip.get_model_preprocess_cfg(model)
