@@ -416,3 +416,15 @@ def test_loaders_on_in_memory_features_start_no_workers(catalogue, towers):
     assert build_loader(*args).num_workers == 2, "pixels to decode and texts to tokenize"
     half = Precomputed(image_features=features.image_features)
     assert build_loader(*args, precomputed=half).num_workers == 2, "texts still to tokenize"
+
+
+def test_the_image_pixel_limit_is_part_of_the_key(catalogue, towers, tmp_path):
+    """An image refused under a low ``data.max_image_pixels`` is cached as a placeholder; raising the limit (what
+    the refusal's message says to do) reads it, instead of the placeholder the cache holds."""
+    image, _ = towers
+    products = _products(catalogue)
+    _, refused = tower_features(image, products, tmp_path / "c", opts=EncodeOptions(max_pixels=100))  # 32x32 px
+    _, read = tower_features(image, products, tmp_path / "c")
+    assert not refused.any() and read.any()
+    _, again = tower_features(image, products, tmp_path / "c", opts=EncodeOptions(max_pixels=100))
+    assert not again.any()

@@ -79,7 +79,7 @@ class DecodedImages:
         naming it): damaged pixels are never used.
         """
         max_side = max_side or 2 * draft
-        keys = image_item_keys(products.image_paths, "first", 1, products.roots)
+        keys = image_item_keys(products.image_paths, "first", 1, products.roots, max_pixels=max_pixels)
         unique = sorted(set(keys))
         key = hashlib.blake2b(json.dumps([2, draft, max_side, unique]).encode(), digest_size=16).hexdigest()
         folder = Path(cache_dir) / "decoded"

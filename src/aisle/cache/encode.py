@@ -145,7 +145,9 @@ def tower_features(
     tkey = key or tower_key(tower, {"image_size": size} if image else None)
     t0 = time.perf_counter()
     if image:
-        items = image_item_keys(products.image_paths, opts.image_choice, opts.max_images, products.roots)
+        items = image_item_keys(
+            products.image_paths, opts.image_choice, opts.max_images, products.roots, max_pixels=opts.max_pixels
+        )
     else:
         items = text_item_keys(products.texts)
 

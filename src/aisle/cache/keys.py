@@ -24,6 +24,8 @@ from aisle.data.images import UNREADABLE, open_checked
 
 __all__ = ["file_digest", "image_item_keys", "text_item_keys", "tower_key", "weights_digest"]
 
+PIL_MAX_PIXELS = 89_478_485  # data.max_image_pixels' default (PIL's own limit)
+
 
 def _h(*parts: Any) -> str:
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
@@ -88,6 +90,7 @@ def image_item_keys(
     max_images: int,
     roots: Sequence[Path],
     workers: int = 4,
+    max_pixels: int = PIL_MAX_PIXELS,
 ) -> list[str]:
     """One key per product from the bytes of the images it uses (``first``/``random`` use the first).
 
@@ -97,12 +100,16 @@ def image_item_keys(
         max_images: images per product for ``mean_pool``.
         roots: the data roots (``Products.roots``): a path outside them is keyed by the refusal, not its bytes.
         workers: hashing threads.
+        max_pixels: the decompression-bomb limit the images are read under (``data.max_image_pixels``): an image
+            refused under one limit is a placeholder, so another limit is another key (the default keeps the keys
+            made before it was part of them).
     """
     chosen = [tuple(p[:max_images]) if mode == "mean_pool" else tuple(p[:1]) for p in image_paths]
     flat = sorted({q for c in chosen for q in c})
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = dict(zip(flat, pool.map(partial(file_digest, roots=roots), flat, chunksize=256)))
-    return [_h(mode, max_images, [digests[q] for q in c]) for c in chosen]
+    limit = () if max_pixels == PIL_MAX_PIXELS else (("max_pixels", max_pixels),)
+    return [_h(mode, max_images, *limit, [digests[q] for q in c]) for c in chosen]
 
 
 def text_item_keys(texts: Sequence[str] | np.ndarray) -> list[str]:
