@@ -514,3 +514,13 @@ def test_rare_class_messages_offer_only_what_works(counts, policy, offered, not_
         apply_rare_class_policy(labels, 3, policy)
     msg = str(info.value)
     assert all(o in msg for o in offered) and not any(n in msg for n in not_offered), msg
+
+
+def test_an_untagged_open_clip_name_fails_before_the_run_folder(tmp_path, catalogue, capsys) -> None:
+    """``open_clip:RN50`` names no weights: pretrained it would be random weights, so training stops first."""
+    rd = tmp_path / "run"
+    cfg = _config(tmp_path, catalogue, model={"type": "dual", "dual": {"name": "open_clip:RN50"}})
+    assert main(["train", "-c", str(cfg), "--run-dir", str(rd)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "model.dual.name" in err and "open_clip:RN50/<tag>" in err, err
+    assert not rd.exists(), "nothing is written for a model that would start from random weights"

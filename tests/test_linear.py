@@ -100,7 +100,7 @@ def test_tfidf_towers_belong_to_linear_models(catalogue, tmp_path) -> None:
 
 
 def test_class_weights_weigh_every_row_of_a_class_as_a_scikit_learn_fit_does(catalogue, tmp_path):
-    """``train.class_weights`` acts on the linear model: 1/count per class (mean 1), as sample weights."""
+    """``train.class_weights`` acts on the linear model: 1/count per class as sample weights, mean 1 over rows."""
     train = pd.read_csv(catalogue / "train.csv", dtype=str)
     first = train["categories"].iloc[0]
     keep = (train["categories"] != first) | (train.groupby("categories").cumcount() < 12)  # one rare class
@@ -117,9 +117,9 @@ def test_class_weights_weigh_every_row_of_a_class_as_a_scikit_learn_fit_does(cat
     oof = pd.read_csv(tmp_path / "run" / "main" / "oof.csv", dtype={"id": str}).set_index("id")
     for k in range(3):
         tr, va = td.folds != k, td.folds == k
-        per_class = 1.0 / np.bincount(td.y[tr])
-        per_class /= per_class.mean()
-        weighted = LogisticRegression(C=2.0, max_iter=3000).fit(x[tr], td.y[tr], sample_weight=per_class[td.y[tr]])
+        rows = (1.0 / np.bincount(td.y[tr]))[td.y[tr]]
+        rows *= len(rows) / rows.sum()  # mean 1 over the rows, so C keeps its meaning
+        weighted = LogisticRegression(C=2.0, max_iter=3000).fit(x[tr], td.y[tr], sample_weight=rows)
         plain = LogisticRegression(C=2.0, max_iter=3000).fit(x[tr], td.y[tr])
         got = oof.loc[td.products.ids[va], list(td.label_map.classes)].to_numpy()
         assert np.allclose(got, weighted.predict_proba(x[va]), atol=2e-5)

@@ -29,7 +29,7 @@ from aisle.models.base import ImagePreprocess, Tower, masked_mean
 from aisle.models.tokenizer import train_word_tokenizer
 from aisle.registry import Registry
 
-__all__ = ["DUAL_ENCODERS", "TINY_PRESET"]
+__all__ = ["DUAL_ENCODERS", "TINY_PRESET", "untagged_open_clip"]
 
 DUAL_ENCODERS: Registry = Registry("dual encoder")
 TINY_PRESET = "tiny"  # reserved model name: a tiny random config built offline (tests, demo)
@@ -334,6 +334,19 @@ _TINY_OPEN_CLIP = {
 }
 
 
+def untagged_open_clip(name: str, pretrained: bool) -> str | None:
+    """Why ``open_clip:<name>`` cannot be loaded pretrained (no ``/tag`` names its weights: open_clip would build
+    random ones without a word), or None."""
+    arch, _, tag = name.partition("/")
+    if not pretrained or tag or arch == TINY_PRESET:
+        return None
+    return (
+        f"open_clip:{arch} names no pretrained weights, so it would train from random ones: name them as "
+        f"open_clip:{arch}/<tag> (the tags: open_clip.list_pretrained_tags_by_model({arch!r})), or set "
+        f"model.dual.pretrained: false to start from random weights on purpose"
+    )
+
+
 @DUAL_ENCODERS.register("open_clip")
 def open_clip_dual(
     name: str,
@@ -358,12 +371,8 @@ def open_clip_dual(
         if meta["arch"] == "aisle-tiny-clip":
             return open_clip_dual(TINY_PRESET, False, max_length)
         arch, tag = meta["arch"], ""
-    elif pretrained and not tag and arch != "aisle-tiny-clip":
-        raise ValueError(
-            f"open_clip:{arch} names no pretrained weights, so it would train from random ones: name them as "
-            f"open_clip:{arch}/<tag> (the tags: open_clip.list_pretrained_tags_by_model({arch!r})), or set "
-            f"model.dual.pretrained: false to start from random weights on purpose"
-        )
+    elif problem := untagged_open_clip(name, pretrained):
+        raise ValueError(problem)
     model = open_clip.create_model(arch, pretrained=(tag or None) if pretrained else None)
     tokenizer = open_clip.get_tokenizer(arch)
     pp = open_clip.get_model_preprocess_cfg(model)

@@ -15,7 +15,7 @@ from aisle.models.base import ImagePreprocess, Tower, parse_tower_name
 from aisle.models.blip import hf_blip  # noqa: F401  (registers hf-blip:)
 from aisle.models.class_text import ClassTextHead
 from aisle.models.classifier import ProductClassifier
-from aisle.models.dual import DUAL_ENCODERS
+from aisle.models.dual import DUAL_ENCODERS, untagged_open_clip
 from aisle.models.hub import hub_source, require_hub_weights
 from aisle.models.image_towers import IMAGE_TOWERS, check_timm_name
 from aisle.models.ngram import NgramTextTower  # noqa: F401  (registers ngram:)
@@ -91,6 +91,8 @@ def check_tower_weights(mcfg: ModelConfig) -> None:
     for section, name in mcfg.tower_names().items():
         prefix, model = parse_tower_name(name or "", _prefixes(section))
         pretrained = bool(getattr(getattr(mcfg, section), "pretrained", False))
+        if prefix == "open_clip" and (problem := untagged_open_clip(model, pretrained)):
+            raise ValueError(f"model.{section}.name: {problem}")
         require_hub_weights(f"model.{section}.name", name or "", hub_source(prefix, model, pretrained))
 
 
@@ -157,7 +159,7 @@ def _text_tower(
     if isinstance(tc, NgramTowerConfig):
         kwargs["embed_dim"] = tc.embed_dim
     else:
-        segments = (saved or {}).get("segments", tc.segments)  # runs before 2026-12-01 were built with 1 window
+        segments = (saved or {}).get("segments", tc.segments)  # what a saved tower was trained with wins
         kwargs.update(pooler=tc.pooler, pretrained=tc.pretrained, segments=segments)
     if assets is not None:
         kwargs["assets_dir"] = assets
@@ -210,7 +212,7 @@ def create_classifier(
     if mcfg.head == "class_text":
         if mcfg.class_text_tower is not None:
             folder = Path(assets) / "class_text" if assets is not None else None
-            own = _text_tower(mcfg.class_text_tower, "class_text_tower", flat, folder)
+            own = _text_tower(mcfg.class_text_tower, "class_text_tower", flat, folder, settings.get("class_text"))
         dims = [t.output_dim for t in (image, text) if t is not None]
         encoder = own or text
         if encoder is None:  # unreachable: the config's validator asks an image model for class_text_tower

@@ -140,8 +140,9 @@ class HFTextTower(Tower):
                 self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
             except OSError as e:  # not on the hub, or the hub cannot be reached
                 raise ValueError(f"text tower hf:{name} could not be loaded ({e}); {_HF_FIX}") from e
-        if pooler == "eos":
-            self.tokenizer.padding_side = "right"  # a row's last real token sits at its mask's sum - 1
+        # right padding for every pooler: a row's last real token sits at its mask's sum - 1 (eos), its first at 0
+        # (cls), and batches and windows are trimmed at their end
+        self.tokenizer.padding_side = "right"
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused (we pool ourselves); would get no gradient
         # CLIP's projection into its joint space (its text features); None: the pooled hidden state

@@ -203,6 +203,8 @@ def fit_linear(
     real = np.ones(len(y), dtype=bool) if pseudo is None else ~pseudo
     svm = cfg.classifier == "svm"
     per_class = None if class_weight is None else np.asarray(class_weight, dtype=np.float64)[y]
+    if per_class is not None:  # mean 1 over the rows: scikit-learn reads a weight scale as a change of C
+        per_class = per_class * len(per_class) / per_class.sum()
     w, t = cfg.image_weight or 0.0, None
     if image is not None and cfg.image_weight is None:
         w, t = _select_image_weight(x[real], image[real], y[real], n_classes, cfg, seed, _rows(per_class, real))
