@@ -115,3 +115,17 @@ def test_without_images_the_linear_member_reads_text_alone(tmp_path, models_dir)
     assert [m["name"] for m in spec["members"]] == ["linear", "text"]
     linear = yaml.safe_load((run / "members" / "linear" / "config.yaml").read_text())["model"]
     assert linear["type"] == "linear" and linear.get("image") is None
+
+
+def test_a_preset_says_which_config_keys_it_does_not_use(tmp_path, caplog):
+    from aisle.config import validate_config
+    from aisle.training.portfolio import run_portfolio
+
+    cfg = validate_config({"data": {"train_csv": str(tmp_path / "absent.csv")}, "model": {"type": "text"}})
+    with pytest.raises(FileNotFoundError):
+        run_portfolio(cfg, "cpu", tmp_path / "run")
+    assert "settings of the config are not used: the model section (model.type: text)" in caplog.text
+    caplog.clear()
+    with pytest.raises(FileNotFoundError):
+        run_portfolio(validate_config({"data": {"train_csv": str(tmp_path / "absent.csv")}}), "cpu", tmp_path / "r")
+    assert "not used" not in caplog.text

@@ -123,6 +123,21 @@ def gpu_preset(models_dir: str | Path | None = None) -> list[Member]:
     return [_linear_member(image, 224), *_frozen_members(image, text, 224, 256)]
 
 
+def _warn_unused(cfg: AisleConfig, preset: str) -> None:
+    """One warning naming the config's settings that a preset replaces with its own: its model section and stages."""
+    changed = cfg.model.model_dump() != type(cfg.model)().model_dump()  # set away from the defaults
+    unused = [f"the model section (model.type: {cfg.model.type})"] if changed else []
+    if cfg.train.stages:
+        unused.append("train.stages")
+    if unused:
+        log.warning(
+            "--preset %s trains its own models, so these settings of the config are not used: %s; train without "
+            "--preset to use them",
+            preset,
+            ", ".join(unused),
+        )
+
+
 def run_portfolio(
     cfg: AisleConfig,
     preset: str,
@@ -140,6 +155,7 @@ def run_portfolio(
     Raises:
         FileExistsError: the folder holds a finished portfolio or another run (pass ``overwrite``).
     """
+    _warn_unused(cfg, preset)
     members: list[Member] = PRESETS.create(preset, models_dir)
     rd = RunDir(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.name)
     has_images = any(len(p) for p in load_source(cfg.data, require_label=True).image_paths)
