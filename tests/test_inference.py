@@ -168,3 +168,31 @@ def test_evaluate_agrees_with_sklearn(trained, tmp_path):
     assert np.trace(ev.confusion.to_numpy()) == int((truth.to_numpy() == pred.to_numpy()).sum())
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png"):
         assert (tmp_path / "ev" / name).exists()
+
+
+def test_predict_without_data_reads_the_runs_own_image_folder(tmp_path):
+    """The run's test table is read with the run's ``data.image_dir``, even where no images/ sits beside it."""
+    write_demo_catalogue(tmp_path / "cat", n_train=24, n_test=8, seed=3, image_size=32)
+    shutil.move(tmp_path / "cat" / "images", tmp_path / "photos")
+    cfg = {
+        "data": {
+            "train_csv": str(tmp_path / "cat" / "train.csv"),
+            "test_csv": str(tmp_path / "cat" / "test.csv"),
+            "image_dir": str(tmp_path / "photos"),
+            "folds": 2,
+        },
+        "model": {"type": "image", "image": {"name": "timm:test_resnet", "pretrained": False}, "image_size": 32},
+        "train": {"epochs": 1, "batch_size": 8, "loggers": []},
+        "runtime": {"num_workers": 0},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", "-c", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "run")]) == 0
+    own = predict(tmp_path / "run")
+    given = predict(tmp_path / "run", tmp_path / "cat" / "test.csv", image_dir=tmp_path / "photos")
+    np.testing.assert_allclose(own.probs, given.probs, atol=1e-6)
+    overridden = predict(
+        tmp_path / "run", tmp_path / "cat" / "test.csv", overrides=[f"data.image_dir={tmp_path}/photos"]
+    )
+    np.testing.assert_allclose(overridden.probs, given.probs, atol=1e-6)
+    with pytest.raises(ValueError, match="image"):  # another table: images beside it, and there are none
+        predict(tmp_path / "run", tmp_path / "cat" / "test.csv")

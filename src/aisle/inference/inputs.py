@@ -112,11 +112,13 @@ def read_products(
     allow_missing_text: bool = False,
 ) -> Products:
     """The rows to predict: ``data`` (a table, a folder of images or a DataFrame), else the run's
-    ``data.test_csv``, read with the text columns the run was trained on.
+    ``data.test_csv`` (with the run's ``data.image_dir``), read with the text columns the run was trained on. Images
+    come from ``image_dir``, else (another table) ``images/`` or ``<stem>_images/`` beside the table.
 
     Raises:
         ValueError: no data, or a text / attribute column the run was trained with is absent (unless allowed).
     """
+    own = data is None  # the run's own test table: its own image folder too, unless one is passed
     if data is None:
         if not cfg.data.test_csv:
             raise ValueError(
@@ -129,7 +131,7 @@ def read_products(
         return _image_folder(rd, cfg, Path(data), allow_missing_text)
     df = data if isinstance(data, pd.DataFrame) else read_table(data, cfg.data.sep, cfg.data.encoding)
     data_cfg = _trained_cfg(rd, cfg, df, allow_missing_text, source)
-    data_cfg.image_dir = str(image_dir) if image_dir else None
+    data_cfg.image_dir = str(image_dir) if image_dir else (cfg.data.image_dir if own else None)
     if isinstance(data, pd.DataFrame):
         root = Path(image_dir).parent if image_dir else Path(".")
         return products_from_frame(data, data_cfg, root, image_dir or find_image_dir(root / "x.csv"), source=source)

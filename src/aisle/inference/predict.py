@@ -250,7 +250,8 @@ def predict(
         tta: TTA policy names (default: the run's ``infer.tta``).
         scales: image sizes to average over (default: the run's ``infer.scales``, else the model's own size).
         batch_size: default the run's ``runtime.batch_size_infer``.
-        image_dir: image folder (default: the run's ``data.image_dir``, else ``images/`` beside the table).
+        image_dir: image folder (default: ``data.image_dir`` when ``overrides`` set it; for the run's own
+            ``data.test_csv`` its ``data.image_dir``; for another table ``images/`` or ``<stem>_images/`` beside it).
         progress: called with the number of rows done (per fold and scale).
         feature_cache: encode towers that training never changed once for all folds, through the feature
             cache (default: the run's ``runtime.feature_cache``); False re-encodes per fold.
@@ -274,6 +275,8 @@ def predict(
         return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow)
     cfg, label_map, models = load_fold_models(rd.root, folds, stage, overrides)
     stage = pick_stage(rd, cfg, stage)
+    if image_dir is None and any(o.split("=", 1)[0].strip() == "data.image_dir" for o in overrides or []):
+        image_dir = cfg.data.image_dir  # --set data.image_dir=...: the folder for any table
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
     products = read_products(rd, cfg, data, image_dir, allow_missing_text)
