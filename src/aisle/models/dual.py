@@ -335,16 +335,13 @@ _TINY_OPEN_CLIP = {
 
 
 def untagged_open_clip(name: str, pretrained: bool) -> str | None:
-    """Why ``open_clip:<name>`` cannot be loaded pretrained (no ``/tag`` names its weights: open_clip would build
-    random ones without a word), or None."""
+    """Why ``open_clip:<name>`` cannot load pretrained weights (no ``/tag``: open_clip builds random ones), or None."""
     arch, _, tag = name.partition("/")
     if not pretrained or tag or arch == TINY_PRESET:
         return None
-    return (
-        f"open_clip:{arch} names no pretrained weights, so it would train from random ones: name them as "
-        f"open_clip:{arch}/<tag> (the tags: open_clip.list_pretrained_tags_by_model({arch!r})), or set "
-        f"model.dual.pretrained: false to start from random weights on purpose"
-    )
+    tags = f"open_clip.list_pretrained_tags_by_model({arch!r})"
+    msg = f"open_clip:{arch} names no pretrained weights (random ones, then): name them as open_clip:{arch}/<tag> "
+    return msg + f"(the tags: {tags}), or set model.dual.pretrained: false to start from random weights on purpose"
 
 
 @DUAL_ENCODERS.register("open_clip")
