@@ -290,6 +290,8 @@ def test_a_key_of_another_tower_kind_is_rejected(overrides: list[str], key: str,
         (["model.type=text", "model.fusion=concat"], "remove model.fusion"),
         (["model.type=image", "model.text.name=hf:x"], "model.text is set but a model of type 'image'"),
         (["model.type=fusion", "model.dual.name=open_clip:x"], "model.dual is set"),
+        (["model.image.trainable=false", "model.image.train_last_n_blocks=2"], "trainable: false freezes"),
+        (["model.text.trainable=false", "model.text.train_last_n_blocks=1"], "trainable: false freezes"),
     ],
 )
 def test_settings_the_model_type_does_not_use_are_errors(overrides: list[str], needle: str) -> None:

@@ -19,6 +19,15 @@ class ImageTowerConfig(_Section):
     trainable: bool = True
     train_last_n_blocks: int | None = Field(default=None, ge=0)
 
+    @model_validator(mode="after")
+    def _blocks_of_a_frozen_tower(self) -> ImageTowerConfig:
+        if not self.trainable and self.train_last_n_blocks is not None:
+            raise ValueError(
+                "train_last_n_blocks chooses the blocks that train, but trainable: false freezes the whole tower: "
+                "set trainable: true (the last N blocks train) or remove train_last_n_blocks"
+            )
+        return self
+
 
 class TextTowerConfig(ImageTowerConfig):
     """A pretrained-style text tower: ``hf:`` (a Hugging Face model name or local folder) or ``tiny:bert``."""
