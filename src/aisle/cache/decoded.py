@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from aisle.cache.keys import image_item_keys
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
 from aisle.data.images import open_image
 from aisle.data.products import Products
 
@@ -67,7 +68,7 @@ class DecodedImages:
         cache_dir: str | Path,
         max_side: int | None = None,
         workers: int = 4,
-        max_pixels: int = 89_478_485,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> DecodedImages:
         """Decode each product's first image once (content-keyed on disk: a rebuild only when images change).
 

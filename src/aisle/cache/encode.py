@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from aisle.cache.keys import image_item_keys, text_item_keys, tower_key
 from aisle.cache.store import FeatureStore
 from aisle.config import DataConfig, RuntimeConfig
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
 from aisle.data.dataset import ImageReading, ProductDataset
 from aisle.data.loaders import Collate
 from aisle.data.products import Products
@@ -54,7 +55,7 @@ class EncodeOptions:
     num_workers: int = 0
     multi_image: str = "first"
     max_images: int = 4
-    max_pixels: int = 89_478_485
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     @classmethod
     def create(cls, data: DataConfig, runtime: RuntimeConfig, batch_size: int | None = None) -> EncodeOptions:

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
 from aisle.data.images import UNREADABLE, open_checked
 
 __all__ = ["file_digest", "image_item_keys", "text_item_keys", "tower_key", "weights_digest"]
-
-PIL_MAX_PIXELS = 89_478_485  # data.max_image_pixels' default (PIL's own limit)
 
 
 def _h(*parts: Any) -> str:
@@ -90,7 +89,7 @@ def image_item_keys(
     max_images: int,
     roots: Sequence[Path],
     workers: int = 4,
-    max_pixels: int = PIL_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[str]:
     """One key per product from the bytes of the images it uses (``first``/``random`` use the first).
 
@@ -108,7 +107,7 @@ def image_item_keys(
     flat = sorted({q for c in chosen for q in c})
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = dict(zip(flat, pool.map(partial(file_digest, roots=roots), flat, chunksize=256)))
-    limit = () if max_pixels == PIL_MAX_PIXELS else (("max_pixels", max_pixels),)
+    limit = () if max_pixels == MAX_IMAGE_PIXELS else (("max_pixels", max_pixels),)
     return [_h(mode, max_images, *limit, [digests[q] for q in c]) for c in chosen]
 
 

@@ -13,6 +13,9 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or not one of the valid choices."""
 
 
+MAX_IMAGE_PIXELS = 89_478_485  # data.max_image_pixels' default: PIL's decompression-bomb limit
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
@@ -55,7 +58,7 @@ class DataConfig(_Section):
     decoded_cache: bool = False  # decode each image once into a uint8 memory map (large photos), as uncached
     # the largest short side it keeps (larger decoded images are resized down, aspect kept); default 2 x image size
     decoded_size: int | None = Field(default=None, ge=8)
-    max_image_pixels: int = Field(default=89_478_485, ge=1)  # PIL's default decompression-bomb limit
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1)
     folds: int = Field(default=5, ge=1)  # K-fold; 1 only with val_csv (a fixed split), which sets it
     fold_col: str = "fold"
     seed: int = 42

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
 from aisle.data.images import open_image, placeholder_image
 from aisle.data.products import Products
 from aisle.data.transforms import ImageTransform, TextTransform
@@ -36,7 +37,7 @@ class ImageReading:
     multi_image: str = "first"  # first | random | mean_pool (DataConfig validates the choice)
     max_images: int = 4
     placeholder_size: int = 224
-    max_pixels: int = 89_478_485
+    max_pixels: int = MAX_IMAGE_PIXELS
     jpeg_draft: bool = True
 
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aisle.config import DataConfig
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
 from aisle.data.images import MISSING, REASONS, ImageIssue, file_problem, probe_image
 from aisle.data.products import Products
 from aisle.progress import step
@@ -98,7 +99,7 @@ def _decode_problems(
 def scan_image_issues(
     products: Products,
     per_product: int | None = 1,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
 ) -> list[ImageIssue]:

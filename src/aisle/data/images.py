@@ -22,6 +22,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from aisle.config.data_schema import MAX_IMAGE_PIXELS
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageIssue",
@@ -278,7 +280,7 @@ def _decode(
 
 
 def decode_image_bytes(
-    data: bytes, max_pixels: int = 89_478_485, draft: tuple[int, int] | None = None
+    data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft: tuple[int, int] | None = None
 ) -> tuple[Image.Image | None, str | None]:
     """Decode an image held in memory exactly as :func:`open_image` decodes a file: (RGB image, None) or
     (None, the reason it cannot be used)."""
@@ -295,7 +297,7 @@ def as_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(
-    path: str | Path, roots: Sequence[Path], max_pixels: int = 89_478_485, draft: tuple[int, int] | None = None
+    path: str | Path, roots: Sequence[Path], max_pixels: int = MAX_IMAGE_PIXELS, draft: tuple[int, int] | None = None
 ) -> tuple[Image.Image | None, str | None]:
     """Open and fully decode an image as RGB, or say why it cannot be used.
 
@@ -316,7 +318,7 @@ def open_image(
     return image, reason
 
 
-def probe_image(path: str | Path, roots: Sequence[Path], max_pixels: int = 89_478_485) -> ImageProbe:
+def probe_image(path: str | Path, roots: Sequence[Path], max_pixels: int = MAX_IMAGE_PIXELS) -> ImageProbe:
     """Check that an image decodes completely (JPEGs at reduced scale, which still reads every byte)."""
     image, reason, size = _decode(path, roots, max_pixels, draft=(32, 32))
     return ImageProbe(image is not None, reason, size)

@@ -26,6 +26,7 @@ __all__ = [
     "check_images",
     "check_predict_overrides",
     "check_rows",
+    "override_key",
     "read_products",
     "trained_text_columns",
 ]
@@ -47,6 +48,11 @@ PREDICT_KEYS = (
 )
 
 
+def override_key(item: str) -> str:
+    """The key of one ``--set key=value`` item."""
+    return item.partition("=")[0].strip()
+
+
 def check_predict_overrides(overrides: list[str]) -> list[str]:
     """``overrides`` if every key is one predict may change.
 
@@ -54,7 +60,7 @@ def check_predict_overrides(overrides: list[str]) -> list[str]:
         ValueError: names the key and the keys that apply.
     """
     for item in overrides:
-        key = item.partition("=")[0].strip()
+        key = override_key(item)
         if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in PREDICT_KEYS):
             raise ValueError(
                 f"--set {item}: predict takes the run's own {key!r} (it is part of what the model learned); "

@@ -21,7 +21,7 @@ from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
 from aisle.data.products import Products
 from aisle.data.tta import TTA_POLICIES
 from aisle.evaluation.calibration import rescale_probs
-from aisle.inference.inputs import check_images, check_predict_overrides, check_rows, read_products
+from aisle.inference.inputs import check_images, check_predict_overrides, check_rows, override_key, read_products
 from aisle.models.classifier import ProductClassifier
 from aisle.models.factory import create_classifier, loader_inputs, use_channels_last
 from aisle.rundir import RunDir
@@ -275,7 +275,7 @@ def predict(
         return _predict_ensemble(rd, data, folds, tta, scales, batch_size, image_dir, progress, feature_cache, allow)
     cfg, label_map, models = load_fold_models(rd.root, folds, stage, overrides)
     stage = pick_stage(rd, cfg, stage)
-    if image_dir is None and any(o.split("=", 1)[0].strip() == "data.image_dir" for o in overrides or []):
+    if image_dir is None and any(override_key(o) == "data.image_dir" for o in overrides or []):
         image_dir = cfg.data.image_dir  # --set data.image_dir=...: the folder for any table
     if feature_cache is not None:
         cfg.runtime.feature_cache = feature_cache
