@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
@@ -196,3 +197,12 @@ def test_predict_without_data_reads_the_runs_own_image_folder(tmp_path):
     np.testing.assert_allclose(overridden.probs, given.probs, atol=1e-6)
     with pytest.raises(ValueError, match="image"):  # another table: images beside it, and there are none
         predict(tmp_path / "run", tmp_path / "cat" / "test.csv")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a CUDA device")
+def test_predict_runs_where_runtime_accelerator_says(trained):
+    """Predict reads runtime.accelerator (it ran on the CPU whatever the key said): gpu without one is an error."""
+    run, _ = trained
+    with pytest.raises(ValueError, match="runtime.accelerator is gpu"):
+        predict(run, overrides=["runtime.accelerator=gpu"])
+    assert predict(run, overrides=["runtime.accelerator=cpu"]).probs.shape[0] == 24

@@ -22,6 +22,7 @@ from aisle.data.loaders import Collate
 from aisle.data.products import Products
 from aisle.data.transforms import build_image_transform
 from aisle.data.tta import TTA_POLICIES
+from aisle.devices import run_device
 from aisle.models.base import Tower
 from aisle.paths import require_writable
 from aisle.progress import step
@@ -49,6 +50,7 @@ class EncodeOptions:
         multi_image: ``first`` / ``random`` (encoded as ``first``) / ``mean_pool``.
         max_images: images per product for ``mean_pool``.
         max_pixels: decompression-bomb limit.
+        device: where the tower runs (``runtime.accelerator``, see :func:`aisle.devices.run_device`).
     """
 
     batch_size: int = 64
@@ -56,6 +58,7 @@ class EncodeOptions:
     multi_image: str = "first"
     max_images: int = 4
     max_pixels: int = MAX_IMAGE_PIXELS
+    device: str = "cpu"
 
     @classmethod
     def create(cls, data: DataConfig, runtime: RuntimeConfig, batch_size: int | None = None) -> EncodeOptions:
@@ -65,6 +68,7 @@ class EncodeOptions:
             data.multi_image,
             data.max_images,
             data.max_image_pixels,
+            run_device(runtime.accelerator),
         )
 
     @property
@@ -95,17 +99,21 @@ def encode_products(
     view: str = "orig",
     opts: EncodeOptions | None = None,
     image_size: int | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run a tower over products in eval mode: (features (N, D) float32, has-image mask (N,))."""
+    """Run a tower over products in eval mode on ``device`` (default ``opts.device``): (features (N, D) float32,
+    has-image mask (N,)); the tower goes back to its own device afterwards."""
+    opts = opts or EncodeOptions()
+    device = device or opts.device
+    home = next(tower.parameters(), torch.empty(0)).device
     tower = tower.eval().to(device)
     image = tower.modality == "image"
     order = None
     if not image:  # texts run shortest first, so each batch pads only to about its own length
         order = np.argsort([len(t) for t in products.texts], kind="stable")
         products = products.subset(order)
-    loader = _loader(tower, products, opts or EncodeOptions(), image_size)
+    loader = _loader(tower, products, opts, image_size)
     flip = TTA_POLICIES.get(view) if view != "orig" else None
     feat_batches: list[np.ndarray] = []
     mask_batches: list[np.ndarray] = []
@@ -119,6 +127,7 @@ def encode_products(
             mask_batches.append(batch["image_mask"].any(1).cpu().numpy() if image else np.ones(len(batch["id"]), bool))
             if progress is not None:
                 progress(len(batch["id"]))
+    tower.to(home)  # where the caller had it
     feats, masks = np.concatenate(feat_batches), np.concatenate(mask_batches)
     if order is not None:
         inverse = np.argsort(order)

@@ -20,6 +20,7 @@ from aisle.data.labels import LabelMap
 from aisle.data.loaders import LoaderOptions, build_loader, pretokenize
 from aisle.data.products import Products
 from aisle.data.tta import TTA_POLICIES
+from aisle.devices import run_device
 from aisle.evaluation.calibration import rescale_probs
 from aisle.inference.inputs import check_images, check_predict_overrides, check_rows, override_key, read_products
 from aisle.models.classifier import ProductClassifier
@@ -162,17 +163,23 @@ def _shared_features(
 
 
 def mean_softmax(
-    model: ProductClassifier, loader, views: list[Callable | None], progress: Callable[[int], None] | None
+    model: ProductClassifier,
+    loader,
+    views: list[Callable | None],
+    progress: Callable[[int], None] | None,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Mean softmax over ``views`` (functions on the pixel batch; None = as is) for every row of ``loader``."""
+    """Mean softmax over ``views`` (functions on the pixel batch; None = as is) for every row of ``loader``, its
+    batches moved to ``device`` (where ``model`` is)."""
     chunks = []
     with torch.inference_mode():
         for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             acc: torch.Tensor | float = 0.0
             for fn in views:
                 b = dict(batch) if fn is None else {**batch, "image": fn(batch["image"])}
                 acc = acc + torch.softmax(model(b)["logits"].float(), -1)
-            chunks.append(cast(torch.Tensor, acc / len(views)).numpy())  # views is never empty
+            chunks.append(cast(torch.Tensor, acc / len(views)).cpu().numpy())  # views is never empty
             if progress is not None:
                 progress(len(batch["id"]))
     return np.concatenate(chunks)
@@ -189,8 +196,8 @@ def _predict_model(
     shared: dict,
     tokens: dict[str, np.ndarray] | None,
 ) -> np.ndarray:
-    """Mean probabilities over image sizes and TTA views; cached features where ``shared`` has them,
-    pre-tokenized texts where ``tokens`` are given."""
+    """Mean probabilities over image sizes and TTA views, on ``runtime.accelerator``'s device; cached features
+    where ``shared`` has them, pre-tokenized texts where ``tokens`` are given."""
     text = shared.get(("text",))
     opts = LoaderOptions.create(cfg.data, batch_size, cfg.runtime.num_workers)
     inputs = loader_inputs(model)
@@ -206,21 +213,26 @@ def _predict_model(
             precomputed=Precomputed(image_features, text, tokens=tokens),
         )
 
-    if model.image_encoder is None:
-        return mean_softmax(model, loader(), [None], progress)
-    names = ["orig", *tta]
-    per_size = []
-    sizes: list[int | None] = [*scales] or [None]
-    for size in sizes:
-        cached = [shared.get(("image", size, v)) for v in names]
-        hits = [c for c in cached if c is not None]
-        if len(hits) == len(cached):  # one pass per view over cached features: no pixels at all
-            per_view = [mean_softmax(model, loader(([f], has)), [None], progress) for f, has in hits]
-            per_size.append(np.mean(per_view, axis=0))
-        else:  # decode each image once and apply every view to the batch
-            views = [None if v == "orig" else TTA_POLICIES.get(v) for v in names]
-            per_size.append(mean_softmax(model, loader(image_size=size), views, progress))
-    return np.mean(per_size, axis=0)
+    device = run_device(cfg.runtime.accelerator)
+    model.to(device)
+    try:
+        if model.image_encoder is None:
+            return mean_softmax(model, loader(), [None], progress, device)
+        names = ["orig", *tta]
+        per_size = []
+        sizes: list[int | None] = [*scales] or [None]
+        for size in sizes:
+            cached = [shared.get(("image", size, v)) for v in names]
+            hits = [c for c in cached if c is not None]
+            if len(hits) == len(cached):  # one pass per view over cached features: no pixels at all
+                per_view = [mean_softmax(model, loader(([f], has)), [None], progress, device) for f, has in hits]
+                per_size.append(np.mean(per_view, axis=0))
+            else:  # decode each image once and apply every view to the batch
+                views = [None if v == "orig" else TTA_POLICIES.get(v) for v in names]
+                per_size.append(mean_softmax(model, loader(image_size=size), views, progress, device))
+        return np.mean(per_size, axis=0)
+    finally:
+        model.cpu()  # one fold's model on the device at a time
 
 
 def predict(

@@ -20,6 +20,7 @@ from aisle.config import AisleConfig, LearningRates, StageConfig
 from aisle.data.dataset import Precomputed
 from aisle.data.loaders import LoaderOptions, build_loader
 from aisle.data.prepare import TrainingData
+from aisle.devices import run_device
 from aisle.evaluation.metrics import classification_metrics
 from aisle.logging_setup import hide_lightning_banners
 from aisle.models.classifier import ProductClassifier
@@ -113,12 +114,13 @@ def row_targets(td: TrainingData, idx: np.ndarray, pseudo_weight: float) -> RowT
 
 
 def resolve_precision(
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"],
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"], accelerator: str = "auto"
 ) -> Literal["32-true", "bf16-mixed", "16-mixed"]:
-    """``auto``: bf16 mixed on GPUs that have it, fp16 mixed on other GPUs, fp32 on CPU."""
+    """``auto``: bf16 mixed on GPUs that have it, fp16 mixed on other GPUs, fp32 on CPU (``runtime.accelerator``
+    cpu included)."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
+    if run_device(accelerator) == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -210,7 +212,7 @@ def _trainer(
         devices=cfg.runtime.devices,
         strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes,
-        precision=resolve_precision(cfg.train.precision),
+        precision=resolve_precision(cfg.train.precision, cfg.runtime.accelerator),
         accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         gradient_clip_val=cfg.train.gradient_clip_val,
         callbacks=callbacks,
@@ -317,7 +319,7 @@ def score_fold(
     """The best epoch's out-of-fold probabilities and metrics; the fold is marked done."""
     best = read_json(fd.best_info)
     model = load_weights(fm.model, fd.best)
-    device = "cuda" if torch.cuda.is_available() and ctx.cfg.runtime.accelerator != "cpu" else "cpu"
+    device = run_device(ctx.cfg.runtime.accelerator)
     probs = predict_probs(model.to(device), loaders.val, device)
     model.cpu()
     metrics = classification_metrics(ctx.td.y[loaders.val_idx], probs)
