@@ -13,6 +13,7 @@ import lightning as L
 import pandas as pd
 
 from aisle.config import AisleConfig, load_config, save_config
+from aisle.config.inert import warn_inert
 from aisle.data.class_texts import class_texts_for
 from aisle.data.dataset import Precomputed
 from aisle.data.image_report import report_image_issues
@@ -112,6 +113,7 @@ def run_cv(
     check_tower_names(cfg.model)  # before any data is read or folder written
     check_tower_weights(cfg.model)
     check_loggers(cfg.train.loggers)
+    warn_inert(cfg)
     with hold_run_dir(rd):  # one writer per run folder, before --overwrite clears anything
         if lead and not resume:
             cfg = _start_run_dir(cfg, rd, overwrite, frame, base_dir)
