@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from aisle.evaluation.metrics import classification_metrics, macro_f1
 from aisle.evaluation.report import write_report
 from aisle.inference import predict
 from aisle.training import run_cv
-from aisle.training.blend import ensemble_weights, fit_ensemble, greedy_selection, guarded_weights, read_member
+from aisle.training.blend import (
+    ensemble_weights,
+    fit_ensemble,
+    greedy_selection,
+    guarded_weights,
+    peer_weights,
+    read_member,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +127,40 @@ def test_a_log_loss_blend_that_classifies_worse_than_its_best_member_is_fitted_o
     assert fitted_on == "macro_f1" and f1(weights) == 1.0 and "below its best member's" in caplog.text
     kept, fitted_on = guarded_weights([a, a], y, "log_loss", 25)  # nothing to guard: the log-loss fit stays
     assert fitted_on == "log_loss" and (kept == ensemble_weights([a, a], y, "log_loss")).all()
+
+
+def test_peers_weigh_the_members_the_rows_cannot_tell_apart_alike_and_drop_the_clearly_worse_and_noise():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 600)
+
+    def member(hit_rate: float) -> np.ndarray:
+        guess = np.where(rng.random(600) < hit_rate, y, rng.integers(0, 5, 600))
+        return 0.6 * np.eye(5)[guess] + 0.4 * rng.dirichlet(np.ones(5), 600)
+
+    good, peer, weak, noise = member(0.9), member(0.89), member(0.5), rng.dirichlet(np.ones(5), 600)
+    weights = peer_weights([good, peer, weak, noise], y)
+    assert weights.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0]
+    assert peer_weights([noise, noise], y).sum() == pytest.approx(1.0)  # no member with signal: the best alone
+
+
+def test_the_peers_method_is_saved_with_its_weights_and_a_bad_method_refused(runs, tmp_path, capsys):
+    _, r = runs
+    out = tmp_path / "ens"
+    assert (
+        main(
+            ["ensemble", "--fit", "--method", "peers", str(r["svm"]), str(r["lr"]), str(r["noise"]), "--out", str(out)]
+        )
+        == 0
+    )
+    assert "peers, equal weights" in capsys.readouterr().out
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert spec["method"] == "peers" and spec["fitted_on"] == "peers"
+    members = [read_member(r[n]) for n in ("svm", "lr", "noise")]
+    y = _y(members[0])
+    scaled = [rescale_probs(m.probs, s["scale"]) for m, s in zip(members, spec["members"])]
+    assert [m["weight"] for m in spec["members"]] == peer_weights(scaled, y)[:-1].tolist()
+    assert spec["members"][2]["weight"] == 0.0
+    assert main(["ensemble", "--fit", "--method", "mean", str(r["svm"]), "--out", str(tmp_path / "x")]) != 0
 
 
 def test_runs_with_other_folds_or_ids_are_refused(runs, tmp_path):

@@ -263,13 +263,16 @@ def ensemble(
     weight: Annotated[list[float] | None, typer.Option("--weight", help="One weight per file (repeatable).")] = None,
     fit: Annotated[bool, typer.Option("--fit", help="Fit the weights on the runs' out-of-fold predictions.")] = False,
     metric: Annotated[str, typer.Option(help="--fit: what the weights optimise: log_loss or macro_f1.")] = "log_loss",
+    method: Annotated[
+        str, typer.Option(help="--fit: select (bagged selection on --metric) or peers (equal weights, best's peers).")
+    ] = "select",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ensemble"),
     label_col: Annotated[str, typer.Option(help="Label column name in submission.csv.")] = "categories",
 ) -> None:
     """Average several runs: given weights over probability files, or (--fit) weights fitted on the runs'
     out-of-fold predictions, saved as an ensemble that predict and report take like a run."""
     if fit:
-        _fit_ensemble(inputs, metric, out)
+        _fit_ensemble(inputs, metric, method, out)
         return
     import numpy as np
 
@@ -292,15 +295,17 @@ def ensemble(
     )
 
 
-def _fit_ensemble(runs: list[Path], metric: str, out: Path) -> None:
+def _fit_ensemble(runs: list[Path], metric: str, method: str, out: Path) -> None:
 
     from aisle.cli._render import render_ensemble
-    from aisle.training.blend import BlendMetric, fit_ensemble
+    from aisle.training.blend import BlendMethod, BlendMetric, fit_ensemble
 
     if metric not in ("log_loss", "macro_f1"):
         _fail(f"--metric {metric!r}: valid choices: log_loss, macro_f1")
+    if method not in ("select", "peers"):
+        _fail(f"--method {method!r}: valid choices: select, peers")
     try:
-        summary = fit_ensemble(runs, out, metric=cast(BlendMetric, metric))
+        summary = fit_ensemble(runs, out, metric=cast(BlendMetric, metric), method=cast(BlendMethod, method))
     except _USER_ERRORS as e:
         _fail(e)
     render_ensemble(summary["ensemble"], console)

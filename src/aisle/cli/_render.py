@@ -153,7 +153,8 @@ def render_evaluation(ev, console: Console, worst: int = 10) -> None:
 
 def render_ensemble(spec: dict, console: Console) -> None:
     """Each member's out-of-fold scores and weight, then the blend's."""
-    t = Table(title=f"ensemble fitted on out-of-fold predictions ({spec['metric']})")
+    how = "peers, equal weights" if spec.get("method") == "peers" else spec["metric"]
+    t = Table(title=f"ensemble fitted on out-of-fold predictions ({how})")
     for name in ("member", "weight", "acc", "macro_f1"):
         t.add_column(name, justify="left" if name == "member" else "right")
     for m in spec["members"]:

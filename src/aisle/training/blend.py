@@ -31,16 +31,19 @@ from aisle.serialization import read_json, write_json
 from aisle.tables import read_numeric_table, write_table
 
 __all__ = [
+    "BlendMethod",
     "BlendMetric",
     "Member",
     "ensemble_weights",
     "fit_ensemble",
     "greedy_selection",
     "guarded_weights",
+    "peer_weights",
     "read_member",
 ]
 
 BlendMetric = Literal["log_loss", "macro_f1"]
+BlendMethod = Literal["select", "peers"]  # bagged ensemble selection on the metric; equal weights over the peers
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,28 @@ def ensemble_weights(
     return weights
 
 
+def peer_weights(probs: Sequence[np.ndarray], y: np.ndarray, z: float = 3.0) -> np.ndarray:
+    """Equal weights over the best member (by mean log-likelihood) and every member the rows cannot tell from it:
+    a member whose rows' log-likelihood is below the best's beyond chance (a paired z-test, z >= 3) gets 0, as does
+    one without signal (see :func:`ensemble_weights`).
+
+    Nothing is fitted but which members take part, so nothing can overfit a small catalogue's rows. Fitted weights
+    move with a few rows there: on 14 fashion-products subsets of 200-1,440 products, cross-fitted, the equal
+    blend of the peers scored +0.15 points of macro-F1 over bagged selection and lost to TF-IDF + LinearSVC on one
+    subset instead of three (README "The cpu preset against TF-IDF + LinearSVC").
+
+    Returns:
+        Weights (M + 1,) summing to 1, the last (for the uniform distribution) 0.
+    """
+    loglik = [_row_loglik(p, y) for p in probs]
+    live = _with_signal(probs, y) or [int(np.argmax([ll.mean() for ll in loglik]))]
+    best = max(live, key=lambda j: loglik[j].mean())
+    peers = [j for j in live if j == best or not _significant(loglik[best] - loglik[j], z)]
+    weights = np.zeros(len(probs) + 1)
+    weights[peers] = 1.0 / len(peers)
+    return weights
+
+
 def _with_signal(probs: Sequence[np.ndarray], y: np.ndarray) -> list[int]:
     """The members whose rows' log-likelihood beats the uniform distribution's by more than chance."""
     uniform = np.full(len(y), -np.log(probs[0].shape[1]))
@@ -202,8 +227,12 @@ def fit_ensemble(
     metric: BlendMetric = "log_loss",
     rounds: int = 25,
     names: Sequence[str] | None = None,
+    method: BlendMethod = "select",
 ) -> dict:
     """Fit weights on the runs' out-of-fold predictions and write the ensemble folder ``out``.
+
+    ``method``: ``select`` (bagged ensemble selection on ``metric``, see :func:`guarded_weights`) or ``peers``
+    (equal weights over the members the rows cannot tell from the best one, see :func:`peer_weights`).
 
     Returns:
         The summary (also ``out/cv_summary.json``): the blend's out-of-fold metrics, each member's, the weights.
@@ -223,8 +252,11 @@ def fit_ensemble(
         for m in members:  # members trained with label smoothing (or none) are calibrated alike before blending
             m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
         calibrated = [rescale_probs(m.probs, m.scale) for m in members]
-        weights, fitted_on = guarded_weights(calibrated, y, metric, rounds)
-        return _write(ens, members, weights, _blend(calibrated, weights), y, lm, (metric, fitted_on))
+        if method == "peers":
+            weights, fitted_on = peer_weights(calibrated, y), "peers"
+        else:
+            weights, fitted_on = guarded_weights(calibrated, y, metric, rounds)
+        return _write(ens, members, weights, _blend(calibrated, weights), y, lm, (metric, fitted_on), method)
 
 
 def guarded_weights(
@@ -263,7 +295,8 @@ def _write(
     blend: np.ndarray,
     y: np.ndarray,
     lm: LabelMap,
-    metrics: tuple[BlendMetric, BlendMetric],
+    metrics: tuple[BlendMetric, str],
+    method: BlendMethod = "select",
 ) -> dict:
     """The ensemble folder: the first member's config, label map and folds, the blend's OOF, summary and spec."""
     ens.root.mkdir(parents=True, exist_ok=True)
@@ -279,7 +312,8 @@ def _write(
     ens.stage(ENSEMBLE_STAGE).mkdir(exist_ok=True)
     write_table(oof, ens.stage_oof(ENSEMBLE_STAGE))
     spec = {
-        "metric": metrics[0],  # asked for (a retrain asks again); fitted_on: what the weights were fitted on
+        "method": method,  # both asked for (a retrain asks again); fitted_on: what the weights were fitted on
+        "metric": metrics[0],
         "fitted_on": metrics[1],
         "uniform_weight": float(weights[-1]),
         "members": [

@@ -50,4 +50,5 @@ def retrain(run_dir: str | Path, new_dir: str | Path, changes: list[str]) -> dic
             log.info("retraining ensemble member %s into %s", m["name"], target)
             retrain(_member_dir(rd, m["run"]), target, changes)
             runs.append(target)
-        return fit_ensemble(runs, new.root, metric=spec["metric"], names=[m["name"] for m in spec["members"]])
+        names = [m["name"] for m in spec["members"]]
+        return fit_ensemble(runs, new.root, metric=spec["metric"], names=names, method=spec.get("method", "select"))
