@@ -33,13 +33,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from aisle.config import validate_config
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
-from aisle.training.blend import fit_ensemble, guarded_weights, read_member
-from aisle.training.portfolio import run_portfolio
+from aisle.training.blend import guarded_weights, held_peer_weights, read_member
+from aisle.training.portfolio import blend_members, run_portfolio
 from bench_lib import DATA, SHARED
 
 ATTRIBUTES = ["gender", "baseColour", "season", "usage"]
 # (seed, classes, products per class, attributes in the text)
 SUBSETS = [(0, 7, 120, False), (1, 9, 120, True), (2, 12, 120, False), (3, 8, 60, True), (4, 10, 120, False)]
+# --wide: ten more catalogue shapes (few rows, few or many classes), chosen before any was run; subset number = seed
+WIDE = [
+    (10, 5, 40, False),
+    (11, 7, 40, True),
+    (12, 10, 60, False),
+    (13, 12, 30, True),
+    (14, 15, 80, False),
+    (15, 6, 120, True),
+    (16, 20, 50, False),
+    (17, 8, 200, True),
+    (18, 9, 30, False),
+    (19, 11, 100, True),
+]
 
 
 def make_subset(seed: int, n_classes: int, per_class: int) -> pd.DataFrame:
@@ -94,7 +107,12 @@ def data_section(train_csv: Path, attrs: bool, seed: int) -> dict:
 
 
 def preset_weights(probs, y: np.ndarray) -> np.ndarray:
-    """The preset's blend weights: log-loss, held to its best member's macro-F1."""
+    """The preset's blend weights: equal over the best member and its peers, held to macro-F1 (``blend_members``)."""
+    return held_peer_weights(probs, y, "log_loss", 25)[0]
+
+
+def select_weights(probs, y: np.ndarray) -> np.ndarray:
+    """The preset's blend weights before 2026-12-01: bagged selection on log-loss, held to macro-F1."""
     return guarded_weights(probs, y, "log_loss", 25)[0]
 
 
@@ -124,7 +142,7 @@ def _train_or_reblend(raw: dict, run: Path, reuse: bool, previous: dict) -> tupl
     """Train the preset (timed), or with ``reuse`` fit only the blend again on members already trained."""
     names = ["linear", "text", "image", "fusion"]
     if reuse and all((run / "members" / n / "cv_summary.json").is_file() for n in names):
-        summary = fit_ensemble([run / "members" / n for n in names], run, names=names)
+        summary = blend_members([run / "members" / n for n in names], run, names)
         return summary, previous.get("preset_seconds")
     t0 = time.perf_counter()
     summary = run_portfolio(validate_config(raw), "cpu", run, SHARED / "models", overwrite=True)
@@ -132,7 +150,7 @@ def _train_or_reblend(raw: dict, run: Path, reuse: bool, previous: dict) -> tupl
 
 
 def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = None) -> dict:
-    seed, n_classes, per_class, attrs = SUBSETS[i]
+    seed, n_classes, per_class, attrs = {**dict(enumerate(SUBSETS)), **{w[0]: w for w in WIDE}}[i]
     df = make_subset(seed, n_classes, per_class)
     sub = work / f"subset{i}"
     sub.mkdir(parents=True, exist_ok=True)
@@ -152,6 +170,7 @@ def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = 
     classes = sorted(df["categories"].unique())
     y = np.array([classes.index(c) for c in df.set_index("id").loc[members[0].ids, "categories"]])
     crossed = cross_fitted_blend(members, y, members[0].folds)
+    selected = cross_fitted_blend(members, y, members[0].folds, select_weights)
     base_f1 = f1_score(df["categories"], base, average="macro")
     row = {
         "subset": i,
@@ -161,6 +180,7 @@ def run_subset(i: int, work: Path, reuse: bool = False, previous: dict | None = 
         "input": "title + attributes" if attrs else "title",
         "tfidf_linearsvc": round(base_f1, 4),
         "preset_cross_fitted": round(f1_score(y, crossed.argmax(1), average="macro"), 4),
+        "select_cross_fitted": round(f1_score(y, selected.argmax(1), average="macro"), 4),
         "preset_oof": round(summary["ensemble"]["blend"]["macro_f1"], 4),
         **{m["name"]: round(m["oof"]["macro_f1"], 4) for m in summary["ensemble"]["members"]},
         "weights": {m["name"]: round(m["weight"], 3) for m in summary["ensemble"]["members"]},
@@ -177,7 +197,8 @@ def _summary(rows: list[dict]) -> dict:
         v = np.array([r[key] for r in rows])
         return round(float(v.mean()), 4), round(float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0, 4)
 
-    out = {k: mean_se(k) for k in ("tfidf_linearsvc", "preset_cross_fitted", "preset_oof", "linear", "text")}
+    keys = ("tfidf_linearsvc", "preset_cross_fitted", "select_cross_fitted", "preset_oof", "linear", "text")
+    out = {k: mean_se(k) for k in keys if all(k in r for r in rows)}
     if all("fusion" in r for r in rows):
         out["fusion"] = mean_se("fusion")
     gaps = [r["preset_cross_fitted"] - r["tfidf_linearsvc"] for r in rows]
@@ -194,16 +215,17 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", default=None)
     ap.add_argument("--keep", type=Path, default=Path("/tmp/aisle-portfolio-subsets"))
     ap.add_argument("--reuse", action="store_true", help="members already trained under --keep: fit the blend only")
+    ap.add_argument("--wide", action="store_true", help="the ten WIDE subsets, into portfolio_subsets_wide.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    out = ROOT / "benchmarks" / "results" / "portfolio_subsets.json"
+    out = ROOT / "benchmarks" / "results" / f"portfolio_subsets{'_wide' if args.wide else ''}.json"
     before = {r["subset"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
-    chosen = args.only if args.only is not None else range(len(SUBSETS))
+    chosen = args.only if args.only is not None else [s[0] for s in WIDE] if args.wide else range(len(SUBSETS))
     rows = [run_subset(i, args.keep, args.reuse, before.get(i)) for i in chosen]
     result = {
         "date": date.today().isoformat(),
         "machine": "2 CPU cores, no GPU",
-        "command": "python benchmarks/portfolio_subsets.py",
+        "command": f"python benchmarks/portfolio_subsets.py{' --wide' if args.wide else ''}",
         "rows": rows,
         "mean_and_se": _summary(rows),
     }

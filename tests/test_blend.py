@@ -26,6 +26,7 @@ from aisle.training.blend import (
     fit_ensemble,
     greedy_selection,
     guarded_weights,
+    held_peer_weights,
     peer_weights,
     read_member,
 )
@@ -112,15 +113,21 @@ def test_a_member_of_random_probabilities_gets_no_weight_beside_decent_members(m
     assert weights[2] == 0.0 and weights[:2].sum() > 0 and weights.sum() == pytest.approx(1.0)
 
 
-def test_a_log_loss_blend_that_classifies_worse_than_its_best_member_is_fitted_on_macro_f1(caplog):
+def _rare_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rare classes: member A is right on every row but barely confident; member B is sharp on the common class
-    and wrong on every rare row. Log-loss weights favour B and lose the rare classes; the guard refits on macro-F1."""
+    and wrong on every rare row."""
     y = np.array([0] * 400 + [1, 2, 3, 4] * 10)
     a = np.full((len(y), 5), 0.1875)
     a[np.arange(len(y)), y] = 0.25
     b = np.full((len(y), 5), 0.0125)
     b[y == 0] = [0.99, 0.0025, 0.0025, 0.0025, 0.0025]
     b[y > 0, 0], b[np.flatnonzero(y > 0), y[y > 0]] = 0.9, 0.05
+    return y, a, b
+
+
+def test_a_log_loss_blend_that_classifies_worse_than_its_best_member_is_fitted_on_macro_f1(caplog):
+    """Log-loss weights favour B (see _rare_classes) and lose the rare classes; the guard refits on macro-F1."""
+    y, a, b = _rare_classes()
     f1 = lambda w: classification_metrics(y, a * w[0] + b * w[1] + w[2] / 5)["macro_f1"]  # noqa: E731
     assert f1(ensemble_weights([a, b], y, "log_loss")) < 0.5  # the scenario: log-loss alone loses the rare classes
     weights, fitted_on = guarded_weights([a, b], y, "log_loss", 25)
@@ -143,6 +150,18 @@ def test_peers_weigh_the_members_the_rows_cannot_tell_apart_alike_and_drop_the_c
     assert peer_weights([noise, noise], y).sum() == pytest.approx(1.0)  # no member with signal: the best alone
 
 
+def test_peers_that_classify_worse_than_their_best_member_give_way_to_selection_on_macro_f1(caplog):
+    """B is the best by log-likelihood and A is clearly worse, so B alone is the peers' blend: it loses the rare
+    classes (see _rare_classes), and the guarded selection takes over."""
+    y, a, b = _rare_classes()
+    assert peer_weights([a, b], y).tolist() == [0.0, 1.0, 0.0]
+    weights, fitted_on = held_peer_weights([a, b], y, "log_loss", 25)
+    assert fitted_on == "macro_f1" and classification_metrics(y, a * weights[0] + b * weights[1])["macro_f1"] == 1.0
+    assert "peers' equal blend" in caplog.text
+    kept, fitted_on = held_peer_weights([a, a], y, "log_loss", 25)
+    assert fitted_on == "peers" and kept.tolist() == [0.5, 0.5, 0.0]
+
+
 def test_the_peers_method_is_saved_with_its_weights_and_a_bad_method_refused(runs, tmp_path, capsys):
     _, r = runs
     out = tmp_path / "ens"
@@ -154,11 +173,12 @@ def test_the_peers_method_is_saved_with_its_weights_and_a_bad_method_refused(run
     )
     assert "peers, equal weights" in capsys.readouterr().out
     spec = json.loads((out / "ensemble.json").read_text())
-    assert spec["method"] == "peers" and spec["fitted_on"] == "peers"
     members = [read_member(r[n]) for n in ("svm", "lr", "noise")]
     y = _y(members[0])
     scaled = [rescale_probs(m.probs, s["scale"]) for m, s in zip(members, spec["members"])]
-    assert [m["weight"] for m in spec["members"]] == peer_weights(scaled, y)[:-1].tolist()
+    weights, fitted_on = held_peer_weights(scaled, y, "log_loss", 25)
+    assert spec["method"] == "peers" and spec["fitted_on"] == fitted_on
+    assert [m["weight"] for m in spec["members"]] == weights[:-1].tolist()
     assert spec["members"][2]["weight"] == 0.0
     assert main(["ensemble", "--fit", "--method", "mean", str(r["svm"]), "--out", str(tmp_path / "x")]) != 0
 

@@ -88,6 +88,7 @@ def test_cpu_preset_trains_blends_and_predicts_with_one_call(tmp_path, models_di
     run = tmp_path / "runs" / "pf"
     spec = json.loads((run / "ensemble.json").read_text())
     assert [m["name"] for m in spec["members"]] == ["linear", "text", "image", "fusion"]
+    assert spec["method"] == "peers", "the preset weighs its members alike (README: How the preset weighs...)"
     folds = [pd.read_csv(run / "members" / m / "folds.csv", dtype=str) for m in ("linear", "text", "image", "fusion")]
     assert all(f.equals(folds[0]) for f in folds), "every member trains on the same folds"
     linear = yaml.safe_load((run / "members" / "linear" / "config.yaml").read_text())["model"]

@@ -38,6 +38,7 @@ __all__ = [
     "fit_ensemble",
     "greedy_selection",
     "guarded_weights",
+    "held_peer_weights",
     "peer_weights",
     "read_member",
 ]
@@ -139,10 +140,8 @@ def peer_weights(probs: Sequence[np.ndarray], y: np.ndarray, z: float = 3.0) -> 
     a member whose rows' log-likelihood is below the best's beyond chance (a paired z-test, z >= 3) gets 0, as does
     one without signal (see :func:`ensemble_weights`).
 
-    Nothing is fitted but which members take part, so nothing can overfit a small catalogue's rows. Fitted weights
-    move with a few rows there: on 14 fashion-products subsets of 200-1,440 products, cross-fitted, the equal
-    blend of the peers scored +0.15 points of macro-F1 over bagged selection and lost to TF-IDF + LinearSVC on one
-    subset instead of three (README "The cpu preset against TF-IDF + LinearSVC").
+    Nothing is fitted but which members take part, so nothing can overfit a small catalogue's rows, where fitted
+    weights move with a few rows (README "How the preset weighs its members").
 
     Returns:
         Weights (M + 1,) summing to 1, the last (for the uniform distribution) 0.
@@ -154,6 +153,31 @@ def peer_weights(probs: Sequence[np.ndarray], y: np.ndarray, z: float = 3.0) -> 
     weights = np.zeros(len(probs) + 1)
     weights[peers] = 1.0 / len(peers)
     return weights
+
+
+def held_peer_weights(
+    probs: Sequence[np.ndarray], y: np.ndarray, metric: BlendMetric, rounds: int
+) -> tuple[np.ndarray, str]:
+    """:func:`peer_weights`, held to macro-F1 as :func:`guarded_weights` is: when the peers' blend classifies the
+    out-of-fold rows worse than its best member (many rare classes, where the neural members are weak), the weights
+    of :func:`guarded_weights` on ``metric`` instead, with a warning.
+
+    Returns:
+        The weights and what they were fitted on (``peers``, or the metric of the fallback).
+    """
+    weights = peer_weights(probs, y)
+    live = _with_signal(probs, y) or list(range(len(probs)))
+    best = max(_score(probs[j], y, "macro_f1") for j in live)
+    got = _score(_blend(probs, weights), y, "macro_f1")
+    if got >= best:
+        return weights, "peers"
+    log.warning(
+        "the peers' equal blend's out-of-fold macro-F1 (%.4f) is below its best member's (%.4f): weights fitted by "
+        "selection instead",
+        got,
+        best,
+    )
+    return guarded_weights(probs, y, metric, rounds)
 
 
 def _with_signal(probs: Sequence[np.ndarray], y: np.ndarray) -> list[int]:
@@ -232,7 +256,8 @@ def fit_ensemble(
     """Fit weights on the runs' out-of-fold predictions and write the ensemble folder ``out``.
 
     ``method``: ``select`` (bagged ensemble selection on ``metric``, see :func:`guarded_weights`) or ``peers``
-    (equal weights over the members the rows cannot tell from the best one, see :func:`peer_weights`).
+    (equal weights over the members the rows cannot tell from the best one, held to its macro-F1, see
+    :func:`held_peer_weights`).
 
     Returns:
         The summary (also ``out/cv_summary.json``): the blend's out-of-fold metrics, each member's, the weights.
@@ -253,7 +278,7 @@ def fit_ensemble(
             m.scale = fit_logit_scale(np.log(np.clip(m.probs, 1e-15, None)), y, 0.05, 20.0)
         calibrated = [rescale_probs(m.probs, m.scale) for m in members]
         if method == "peers":
-            weights, fitted_on = peer_weights(calibrated, y), "peers"
+            weights, fitted_on = held_peer_weights(calibrated, y, metric, rounds)
         else:
             weights, fitted_on = guarded_weights(calibrated, y, metric, rounds)
         return _write(ens, members, weights, _blend(calibrated, weights), y, lm, (metric, fitted_on), method)
