@@ -36,16 +36,25 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fusion_study
 from aisle.config import validate_config
 from aisle.evaluation.calibration import fit_logit_scale, rescale_probs
-from aisle.training.blend import Member, guarded_weights, held_peer_weights, peer_weights, read_member
+from aisle.training.blend import Member, peer_weights, read_member
 from aisle.training.portfolio import run_portfolio
 from bench_lib import DATA, SHARED
-from portfolio_subsets import SUBSETS, WIDE, baseline_oof, cross_fitted_blend, data_section, make_subset
+from portfolio_subsets import (
+    SUBSETS,
+    WIDE,
+    baseline_oof,
+    cross_fitted_blend,
+    data_section,
+    make_subset,
+    preset_weights,
+    select_weights,
+)
 
 NAMES = ["linear", "text", "image", "fusion"]
 STUDY_RUNS = {"linear": "linear", "text": "text_cw", "image": "image_cw", "fusion": "concat_cw"}
 METHODS = {
-    "select": lambda p, y: guarded_weights(p, y, "log_loss", 25)[0],
-    "peers": lambda p, y: held_peer_weights(p, y, "log_loss", 25)[0],  # the preset's blend
+    "select": select_weights,
+    "peers": preset_weights,
     "peers, unguarded": lambda p, y: peer_weights(p, y),
     "equal": lambda p, y: np.append(np.full(len(p), 1 / len(p)), 0.0),
 }

@@ -166,18 +166,24 @@ def held_peer_weights(
         The weights and what they were fitted on (``peers``, or the metric of the fallback).
     """
     weights = peer_weights(probs, y)
-    live = _with_signal(probs, y) or list(range(len(probs)))
-    best = max(_score(probs[j], y, "macro_f1") for j in live)
-    got = _score(_blend(probs, weights), y, "macro_f1")
-    if got >= best:
+    short = _below_best_member(probs, y, weights, _with_signal(probs, y) or list(range(len(probs))))
+    if short is None:
         return weights, "peers"
     log.warning(
         "the peers' equal blend's out-of-fold macro-F1 (%.4f) is below its best member's (%.4f): weights fitted by "
         "selection instead",
-        got,
-        best,
+        *short,
     )
     return guarded_weights(probs, y, metric, rounds)
+
+
+def _below_best_member(
+    probs: Sequence[np.ndarray], y: np.ndarray, weights: np.ndarray, live: list[int]
+) -> tuple[float, float] | None:
+    """(the blend's macro-F1, the best of the ``live`` members') when the blend's is below it; else None."""
+    best = max(_score(probs[j], y, "macro_f1") for j in live)
+    got = _score(_blend(probs, weights), y, "macro_f1")
+    return None if got >= best else (got, best)
 
 
 def _with_signal(probs: Sequence[np.ndarray], y: np.ndarray) -> list[int]:
@@ -300,15 +306,13 @@ def guarded_weights(
     live = _with_signal(probs, y)
     if metric != "log_loss" or not live:  # members without signal never set the bar (a lucky one would win it)
         return weights, metric
-    best = max(_score(probs[j], y, "macro_f1") for j in live)
-    got = _score(_blend(probs, weights), y, "macro_f1")
-    if got >= best:
+    short = _below_best_member(probs, y, weights, live)
+    if short is None:
         return weights, metric
     log.warning(
         "the log-loss blend's out-of-fold macro-F1 (%.4f) is below its best member's (%.4f): weights fitted on "
         "macro-F1 instead",
-        got,
-        best,
+        *short,
     )
     return ensemble_weights(probs, y, "macro_f1", rounds), "macro_f1"
 
